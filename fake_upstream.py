@@ -1,0 +1,468 @@
+"""A fake LLM API that speaks OpenAI chat completions and Anthropic Messages over real HTTP.
+
+Run it on its own to try the service without any key::
+
+    python fake_upstream.py --port 8400
+    OPENAI_BASE_URL=http://127.0.0.1:8400/v1 ./run
+
+It answers ``POST .../chat/completions`` and ``POST .../v1/messages`` with
+chunked Server-Sent Events, one HTTP chunk per event, paced like a model:
+a first-token delay, then one token every interval. The tests and the
+benchmark reach it through the same base-URL settings as production.
+
+Behaviour per request: a line ``fake: {...}`` in the last user message
+overrides the defaults (set on the command line) with any of:
+
+    text, tokens, token_chars    the reply (default: ``tokens`` words of a fixed text)
+    first_token_ms, interval_ms  pacing; interval 0 sends every token in one write
+    status, retry_after, retry_after_ms   answer with an HTTP error instead
+    fault       drop_after | error_after | stall_after | bad_json | not_sse | json_body |
+                no_done | no_text | keepalive | hang | close_before_headers
+    after       how many tokens the fault waits for (default 0)
+    split       send every event in pieces of this many bytes ...
+    split_ms    ... this many ms apart (so a line or a UTF-8 character is cut across reads)
+    newline     "\\n" (default), "\\r\\n" or "\\r"
+    id          a tag to find this request in ``GET /_fake/requests``
+
+``GET /_fake/requests`` lists what was asked and when each connection was
+seen closed; ``GET /_fake/stats`` sums it up for the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+DEFAULT_TEXT = (
+    "Streaming keeps a chat responsive: the first words arrive while the model is still "
+    "thinking about the rest, so the reader starts reading at once instead of staring at a "
+    "spinner. "
+)
+DIRECTIVE = re.compile(r"^fake:\s*(\{.*\})\s*$", re.MULTILINE)
+DEFAULTS = {"first_token_ms": 200, "interval_ms": 20, "tokens": 100}
+
+
+@dataclass
+class Record:
+    """What the fake saw of one request."""
+
+    seq: int
+    id: str
+    path: str
+    protocol: str
+    connection: int
+    headers: dict[str, str]
+    body: Any
+    started: float
+    tokens_sent: int = 0
+    finished: float | None = None  # the whole reply was written
+    peer_closed: float | None = None  # the client closed the connection before that
+    events: list[str] = field(default_factory=list)
+
+
+def tokens_of(params: dict[str, Any]) -> list[str]:
+    """Return the reply's tokens as the fake will send them."""
+    text = params.get("text")
+    if text is None:
+        words = re.findall(r"\S+\s*", DEFAULT_TEXT)
+        count = int(params.get("tokens", DEFAULTS["tokens"]))
+        return [words[i % len(words)] for i in range(count)]
+    size = params.get("token_chars")
+    if size:
+        return [text[i:i + size] for i in range(0, len(text), size)]
+    return re.findall(r"\S*\s+|\S+$", text) or [text]
+
+
+def directive_of(body: Any) -> dict[str, Any]:
+    """Return the ``fake: {...}`` overrides found in the last user message, if any."""
+    try:
+        messages = body["messages"]
+        content = next(m["content"] for m in reversed(messages) if m.get("role") == "user")
+        match = DIRECTIVE.search(content)
+        return json.loads(match.group(1)) if match else {}
+    except (KeyError, TypeError, StopIteration, ValueError, AttributeError):
+        return {}
+
+
+class Wire:
+    """The bytes of one protocol: events, the end marker and error bodies."""
+
+    def __init__(self, protocol: str, model: str):
+        self.protocol = protocol
+        self.model = model
+
+    def preamble(self) -> list[tuple[str, Any]]:
+        if self.protocol == "openai":
+            return [("", {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
+                          "model": self.model, "choices": [], "prompt_filter_results": []}),
+                    ("", self._chunk({"role": "assistant", "content": ""}))]
+        return [("message_start", {"type": "message_start", "message": {
+                    "id": "msg_fake", "type": "message", "role": "assistant", "model": self.model,
+                    "content": [], "stop_reason": None, "usage": {"input_tokens": 1, "output_tokens": 1}}}),
+                ("content_block_start", {"type": "content_block_start", "index": 0,
+                                         "content_block": {"type": "text", "text": ""}}),
+                ("ping", {"type": "ping"})]
+
+    def token(self, text: str) -> tuple[str, Any]:
+        if self.protocol == "openai":
+            return ("", self._chunk({"content": text}))
+        return ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "text_delta", "text": text}})
+
+    def ending(self, done: bool) -> list[tuple[str, Any]]:
+        if self.protocol == "openai":
+            events = [("", {**self._chunk({}), "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+                      ("", {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})]
+            return events + ([("", "[DONE]")] if done else [])
+        events = [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                  ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                     "usage": {"output_tokens": 1}})]
+        return events + ([("message_stop", {"type": "message_stop"})] if done else [])
+
+    def stream_error(self) -> tuple[str, Any]:
+        if self.protocol == "openai":
+            return ("", {"error": {"message": "The server had an error while processing your request.",
+                                   "type": "server_error", "code": None}})
+        return ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+
+    def error_body(self, status: int) -> dict[str, Any]:
+        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
+        if self.protocol == "openai":
+            return {"error": {"message": f"fake {status}", "type": kind, "code": None}}
+        return {"type": "error", "error": {"type": kind, "message": f"fake {status}"}}
+
+    def json_reply(self, text: str) -> dict[str, Any]:
+        if self.protocol == "openai":
+            return {"id": "chatcmpl-fake", "object": "chat.completion", "model": self.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": "stop"}]}
+        return {"id": "msg_fake", "type": "message", "role": "assistant", "model": self.model,
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}
+
+    def _chunk(self, delta: dict[str, Any]) -> dict[str, Any]:
+        return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+def sse_event(name: str, data: Any, newline: str = "\n") -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    head = f"event: {name}{newline}" if name else ""
+    return f"{head}data: {payload}{newline}{newline}".encode()
+
+
+def http_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class FakeUpstream:
+    """The server: start it with ``start_in_thread()`` (tests) or ``serve_forever()`` (command line)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, defaults: dict[str, Any] | None = None,
+                 keep_records: int = 10000):
+        self.host = host
+        self.port = port
+        self.defaults = {**DEFAULTS, **(defaults or {})}
+        self.keep_records = keep_records
+        self.records: list[Record] = []
+        self.connections = 0
+        self.changed = threading.Condition()
+        self._seq = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(lambda: _Connection(self), self.host, self.port,
+                                                      backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        print(f"fake upstream listening on {self.url}", flush=True)
+        await self._server.serve_forever()
+
+    def start_in_thread(self) -> "FakeUpstream":
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(self.start())
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=run, name="fake-upstream", daemon=True).start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._server:
+            self._loop.call_soon_threadsafe(self._server.close)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 10.0):
+        """Block until ``predicate()`` is truthy (checked on every change), returning its value."""
+        with self.changed:
+            return self.changed.wait_for(predicate, timeout)
+
+    def find(self, tag: str) -> Record | None:
+        return next((r for r in reversed(self.records) if r.id == tag), None)
+
+    def new_record(self, **fields: Any) -> Record:
+        self._seq += 1
+        record = Record(seq=self._seq, started=time.monotonic(), **fields)
+        self.records.append(record)
+        if len(self.records) > self.keep_records:
+            del self.records[: len(self.records) - self.keep_records]
+        return record
+
+    def stats(self) -> dict[str, Any]:
+        records = list(self.records)
+        return {"requests": len(records), "connections": self.connections,
+                "open": sum(1 for r in records if r.finished is None and r.peer_closed is None),
+                "finished": sum(1 for r in records if r.finished is not None),
+                "peer_closed": sum(1 for r in records if r.peer_closed is not None),
+                "closes": {r.id: r.peer_closed for r in records if r.peer_closed is not None and r.id}}
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse requests one after another, stream each reply."""
+
+    def __init__(self, server: FakeUpstream):
+        self.server = server
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.record: Record | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.number = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.server.connections += 1
+        self.number = self.server.connections
+
+    def connection_lost(self, exc):
+        if self.timer:
+            self.timer.cancel()
+        record = self.record
+        if record is not None and record.finished is None:
+            record.peer_closed = time.monotonic()
+            self.server.notify()
+
+    def data_received(self, data):
+        self.buffer += data
+        if self.record is None:
+            self._try_request()
+
+    def _try_request(self) -> None:
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        lines = self.buffer[:head_end].decode("latin-1").split("\r\n")
+        method, path, _ = (lines[0].split(" ") + ["", ""])[:3]
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length") or 0)
+        if len(self.buffer) < head_end + 4 + length:
+            return
+        body_bytes = self.buffer[head_end + 4: head_end + 4 + length]
+        self.buffer = self.buffer[head_end + 4 + length:]
+        self._handle(method, path, headers, body_bytes)
+
+    def _send_json(self, status: int, payload: Any, extra: str = "") -> None:
+        body = json.dumps(payload).encode()
+        self.transport.write(
+            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"{extra}\r\n".encode() + body)
+
+    def _handle(self, method: str, path: str, headers: dict[str, str], body_bytes: bytes) -> None:
+        server = self.server
+        if method == "GET" and path.startswith("/_fake/"):
+            if path == "/_fake/stats":
+                self._send_json(200, server.stats())
+            else:
+                self._send_json(200, [asdict(r) for r in server.records])
+            return
+        protocol = "openai" if path.endswith("/chat/completions") else "anthropic" if path.endswith("/v1/messages") else ""
+        if method != "POST" or not protocol:
+            self._send_json(404, {"error": {"message": f"no route {method} {path}"}})
+            return
+        try:
+            body = json.loads(body_bytes)
+        except ValueError:
+            self._send_json(400, {"error": {"message": "body is not JSON"}})
+            return
+        params = {**server.defaults, **directive_of(body)}
+        shown = {k: v for k, v in headers.items() if k not in ("authorization", "x-api-key")}
+        shown["has-key"] = str(bool(headers.get("authorization") or headers.get("x-api-key")))
+        record = server.new_record(id=str(params.get("id", "")), path=path, protocol=protocol,
+                                   connection=self.number, headers=shown, body=body)
+        self.record = record
+        server.notify()
+        _Reply(self, record, Wire(protocol, str(body.get("model", ""))), params).begin()
+
+    def reply_done(self) -> None:
+        """The reply is complete; the connection may carry the next request."""
+        self.record.finished = time.monotonic()
+        self.record = None
+        self.server.notify()
+        if self.buffer:
+            self._try_request()
+
+
+class _Reply:
+    """Write one reply, step by step, on the event loop's timers."""
+
+    def __init__(self, conn: _Connection, record: Record, wire: Wire, params: dict[str, Any]):
+        self.conn = conn
+        self.record = record
+        self.wire = wire
+        self.params = params
+        self.loop = asyncio.get_running_loop()
+        self.tokens = tokens_of(params)
+        self.newline = params.get("newline", "\n")
+        self.fault = params.get("fault")
+        self.after = int(params.get("after", 0))
+        self.index = 0
+        self.cursor = 0.0  # when the last queued split piece goes out
+
+    def begin(self) -> None:
+        status = int(self.params.get("status", 200))
+        fault = self.fault
+        if fault == "hang":
+            return
+        if fault == "close_before_headers":
+            self.conn.transport.close()
+            return
+        if status != 200:
+            extra = ""
+            if "retry_after" in self.params:
+                extra += f"retry-after: {self.params['retry_after']}\r\n"
+            if "retry_after_ms" in self.params:
+                extra += f"retry-after-ms: {self.params['retry_after_ms']}\r\n"
+            self.conn._send_json(status, self.wire.error_body(status), extra)
+            self.conn.reply_done()
+            return
+        if fault == "json_body":
+            self.conn._send_json(200, self.wire.json_reply("".join(self.tokens)))
+            self.conn.reply_done()
+            return
+        content_type = "text/html" if fault == "not_sse" else "text/event-stream; charset=utf-8"
+        self.conn.transport.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n"
+            "Cache-Control: no-cache\r\n\r\n".encode())
+        if fault == "not_sse":
+            self._write(b"<html><body><h1>Welcome to nginx!</h1></body></html>\n")
+            self._finish()
+            return
+        self._write(b"".join(sse_event(n, d, self.newline) for n, d in self.wire.preamble()))
+        self._schedule(self.params["first_token_ms"])
+
+    def _schedule(self, ms: float) -> None:
+        self.conn.timer = self.loop.call_later(ms / 1000, self._step)
+
+    def _write(self, data: bytes) -> None:
+        split = self.params.get("split")
+        if not split:
+            self.conn.transport.write(http_chunk(data))
+            return
+        # Send the pieces as separate writes some ms apart, so they arrive as separate reads;
+        # a cursor keeps every piece of the reply in order.
+        delay = self.params.get("split_ms", 5) / 1000
+        for i in range(0, len(data), split):
+            self.cursor = max(self.cursor, self.loop.time()) + delay
+            self.loop.call_at(self.cursor, self._raw_write, http_chunk(data[i:i + split]))
+
+    def _raw_write(self, data: bytes) -> None:
+        if not self.conn.transport.is_closing():
+            self.conn.transport.write(data)
+
+    def _step(self) -> None:
+        if self.conn.transport.is_closing():
+            return
+        if self.fault in ("drop_after", "error_after", "stall_after", "bad_json") and self.index >= self.after:
+            return self._fault()
+        if self.fault == "keepalive":
+            self._write(f": keep-alive{self.newline}{self.newline}".encode())
+            return self._schedule(self.params["interval_ms"] or 10)
+        if self.fault == "no_text":
+            return self._end()
+        interval = self.params["interval_ms"]
+        if interval <= 0:  # a burst: every token in one write
+            events = [sse_event(*self.wire.token(t), self.newline) for t in self.tokens[self.index:]]
+            self.record.tokens_sent += len(events)
+            self.index = len(self.tokens)
+            self.conn.transport.write(b"".join(http_chunk(e) for e in events))
+            return self._end()
+        if self.index < len(self.tokens):
+            self._write(sse_event(*self.wire.token(self.tokens[self.index]), self.newline))
+            self.index += 1
+            self.record.tokens_sent += 1
+            return self._schedule(interval)
+        self._end()
+
+    def _fault(self) -> None:
+        fault = self.fault
+        if fault == "drop_after":
+            self.conn.transport.close()  # no terminating chunk: a dropped connection
+        elif fault == "error_after":
+            self._write(sse_event(*self.wire.stream_error(), self.newline))
+            if self.wire.protocol == "openai":
+                self._write(sse_event("", "[DONE]", self.newline))
+            self._finish()
+        elif fault == "bad_json":
+            self._write(f"data: {{\"choices\": [{{\"delta\": {self.newline}{self.newline}".encode())
+            self._finish()
+        # stall_after: send nothing more and keep the connection open
+
+    def _end(self) -> None:
+        done = self.fault != "no_done"
+        self._write(b"".join(sse_event(n, d, self.newline) for n, d in self.wire.ending(done)))
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.cursor > self.loop.time():
+            self.loop.call_at(self.cursor + 0.001, self._terminate)  # after the last queued piece
+        else:
+            self._terminate()
+
+    def _terminate(self) -> None:
+        if not self.conn.transport.is_closing():
+            self.conn.transport.write(b"0\r\n\r\n")
+        self.conn.reply_done()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8400)
+    parser.add_argument("--first-token-ms", type=float, default=DEFAULTS["first_token_ms"])
+    parser.add_argument("--interval-ms", type=float, default=DEFAULTS["interval_ms"])
+    parser.add_argument("--tokens", type=int, default=DEFAULTS["tokens"])
+    args = parser.parse_args()
+    defaults = {"first_token_ms": args.first_token_ms, "interval_ms": args.interval_ms, "tokens": args.tokens}
+    try:
+        asyncio.run(FakeUpstream(args.host, args.port, defaults, keep_records=2000).serve_forever())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""gunicorn settings: gevent workers so one worker holds thousands of open streams."""
+
+import os
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_class = "gevent"
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
+# For gevent workers this is a liveness heartbeat, not a request limit: streams may run longer.
+timeout = 30
+graceful_timeout = 20
+keepalive = 75
+# gunicorn's control socket is shared by every gunicorn of the user: one app must not use another's.
+control_socket_disable = True
+accesslog = None  # the app logs one line per request itself
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+# Never preload: the app imports requests/ssl, which must come after gevent's monkey-patching.
+preload_app = False

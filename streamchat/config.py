@@ -1,0 +1,244 @@
+"""Read and validate every setting, from the environment, in one place.
+
+Each setting is one row of ``SETTINGS``: its environment variable, how to
+parse it, its default and a sentence for the README. ``load_settings()``
+parses them all at start-up and raises ``ConfigError`` naming the variable
+and how to fix it, so a typo fails the deploy instead of the first request.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+PROVIDER_NAMES = ("openai", "anthropic")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _non_negative_seconds(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be zero or a positive number of seconds")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be zero or a positive whole number")
+    return value
+
+
+def _temperature(raw: str) -> float | None:
+    if raw == "":
+        return None
+    value = float(raw)
+    if not 0 <= value <= 2:
+        raise ValueError("must be between 0 and 2")
+    return value
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _url(raw: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", raw):
+        raise ValueError("must be an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _provider_list(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip().lower() for name in raw.split(",") if name.strip())
+    unknown = [name for name in names if name not in PROVIDER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown provider {unknown[0]!r}; known: {', '.join(PROVIDER_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError("names a provider twice")
+    return names
+
+
+def _limit_string(raw: str) -> str:
+    # Parsed for real by flask-limiter; here we only reject the obvious typos early.
+    from limits import parse_many
+
+    if raw.strip():
+        parse_many(raw)
+    return raw.strip()
+
+
+def _budget(raw: str) -> str:
+    return _limit_string(raw)
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            raise ValueError(f"{origin!r} is not an origin like https://example.com")
+    return origins
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    parse: Callable[[str], Any]
+    default: str | None
+    doc: str
+    secret: bool = False
+
+    @property
+    def attr(self) -> str:
+        return self.env.lower()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("OPENAI_API_KEY", _text, "", "Key for an OpenAI-compatible API.", secret=True),
+    Setting("OPENAI_BASE_URL", _url, "https://api.openai.com/v1",
+            "Base URL including `/v1`. Setting it without a key enables keyless local servers "
+            "(Ollama `http://127.0.0.1:11434/v1`, llama.cpp, vLLM)."),
+    Setting("OPENAI_MODEL", _text, "gpt-4o-mini", "Model name sent to the OpenAI-compatible API."),
+    Setting("ANTHROPIC_API_KEY", _text, "", "Key for the Anthropic Messages API.", secret=True),
+    Setting("ANTHROPIC_BASE_URL", _url, "https://api.anthropic.com", "Base URL, without `/v1`."),
+    Setting("ANTHROPIC_MODEL", _text, "claude-haiku-4-5", "Anthropic model name."),
+    Setting("LLM_PROVIDERS", _provider_list, None,
+            "Comma-separated order of providers to try, e.g. `anthropic,openai`. "
+            "Default: every configured provider, OpenAI first."),
+    Setting("SYSTEM_PROMPT", _text, "", "The system prompt (the client can never send one)."),
+    Setting("SYSTEM_PROMPT_FILE", _text, "", "Read the system prompt from this file instead."),
+    Setting("LLM_MAX_TOKENS", _positive_int, "1024", "Maximum tokens per reply."),
+    Setting("LLM_TEMPERATURE", _temperature, "", "Sampling temperature, 0-2; empty for the provider's default."),
+    Setting("LLM_CONNECT_TIMEOUT", _seconds, "5", "Seconds to open the upstream connection."),
+    Setting("LLM_FIRST_TOKEN_TIMEOUT", _seconds, "12",
+            "Seconds to wait for the first text before falling back (Heroku drops silent requests at 30 s)."),
+    Setting("LLM_IDLE_TIMEOUT", _seconds, "20", "Seconds of upstream silence tolerated between chunks."),
+    Setting("LLM_MAX_DURATION", _seconds, "300", "Seconds after which a reply is cut short."),
+    Setting("LLM_COOLDOWN", _non_negative_seconds, "30",
+            "Seconds a provider is skipped after a 429, 5xx or timeout (longer if `retry-after` says so)."),
+    Setting("LLM_POOL_SIZE", _positive_int, "1000", "Upstream connections kept open per provider and worker."),
+    Setting("CHAT_MAX_MESSAGES", _positive_int, "50", "Most messages accepted in one conversation."),
+    Setting("CHAT_MAX_CHARS", _positive_int, "32000", "Most characters accepted across all messages."),
+    Setting("CHAT_MAX_BODY_BYTES", _positive_int, "262144", "Largest request body in bytes (413 above it)."),
+    Setting("RULES_PATH", _text, "rules.yaml", "The keyword rules used when no model answers."),
+    Setting("FALLBACK_WORD_DELAY", _non_negative_seconds, "0",
+            "Optional typing pace for fallback replies, seconds per word group (0 = as fast as possible)."),
+    Setting("CHAT_RATE_LIMIT", _limit_string, "20/minute;300/day", "Hard per-client limit on `/api/chat`."),
+    Setting("RATELIMIT_STORAGE_URI", _text, "memory://",
+            "`memory://` counts per worker process; `redis://host:6379` shares counts across workers and machines."),
+    Setting("LLM_BUDGET_PER_CLIENT", _budget, "",
+            "Soft per-client budget of live-model replies, e.g. `50/day`; above it the rules answer."),
+    Setting("LLM_BUDGET_GLOBAL", _budget, "", "Soft budget of live-model replies for the whole service, e.g. `5000/day`."),
+    Setting("TRUSTED_PROXIES", _non_negative_int, "0",
+            "Number of proxies in front of the app whose `X-Forwarded-For` is trusted (Heroku: 1)."),
+    Setting("CORS_ORIGINS", _origins, "", "Comma-separated origins allowed to call the API from a browser."),
+    Setting("LOG_USER_TEXT", _flag, "false", "Log the user's last message (debugging only)."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, parsed; built by ``load_settings()``."""
+
+    values: Mapping[str, Any]
+    explicitly_set: frozenset[str] = field(default_factory=frozenset)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def is_set(self, env: str) -> bool:
+        return env in self.explicitly_set
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse every setting from ``environ`` (default ``os.environ``), raising ConfigError on the first bad one."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    explicitly_set = set()
+    for setting in SETTINGS:
+        raw = environ.get(setting.env)
+        if raw is not None and raw.strip() != "":
+            explicitly_set.add(setting.env)
+        else:
+            raw = setting.default
+        if raw is None:
+            values[setting.attr] = None
+            continue
+        try:
+            values[setting.attr] = setting.parse(raw.strip())
+        except (ValueError, TypeError) as exc:
+            shown = "***" if setting.secret else repr(raw)
+            raise ConfigError(f"{setting.env}={shown} is invalid: {exc}") from None
+
+    if values["system_prompt"] and values["system_prompt_file"]:
+        raise ConfigError("Set SYSTEM_PROMPT or SYSTEM_PROMPT_FILE, not both.")
+    if values["system_prompt_file"]:
+        try:
+            values["system_prompt"] = Path(values["system_prompt_file"]).read_text("utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"SYSTEM_PROMPT_FILE cannot be read: {exc}") from None
+
+    configured = _configured_providers(values, explicitly_set)
+    if values["llm_providers"] is None:
+        values["llm_providers"] = configured
+    else:
+        missing = [name for name in values["llm_providers"] if name not in configured]
+        if missing:
+            hint = "OPENAI_API_KEY or OPENAI_BASE_URL" if missing[0] == "openai" else "ANTHROPIC_API_KEY"
+            raise ConfigError(f"LLM_PROVIDERS names {missing[0]!r}, which is not configured: set {hint}.")
+    return Settings(values=values, explicitly_set=frozenset(explicitly_set))
+
+
+def _configured_providers(values: Mapping[str, Any], explicitly_set: set[str]) -> tuple[str, ...]:
+    configured = []
+    # A base URL without a key means a keyless local server (Ollama, llama.cpp, vLLM).
+    if values["openai_api_key"] or "OPENAI_BASE_URL" in explicitly_set:
+        configured.append("openai")
+    if values["anthropic_api_key"]:
+        configured.append("anthropic")
+    return tuple(configured)
+
+
+def settings_table_markdown() -> str:
+    """Render the settings as the README's configuration table."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for setting in SETTINGS:
+        default = f"`{setting.default}`" if setting.default else "(none)"
+        rows.append(f"| `{setting.env}` | {default} | {setting.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table_markdown())

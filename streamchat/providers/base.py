@@ -1,0 +1,273 @@
+"""What every provider shares: the HTTP call, error mapping and the timed read loop.
+
+A provider subclass declares its ``name``, the environment variables it reads
+and its default model, and implements three small methods: ``build_request``
+(URL, headers, JSON body), ``parse_event`` (one SSE event to text) and
+``parse_json_body`` (for a proxy that ignored ``"stream": true``).
+``Provider.stream()`` is the one generator the rest of the app uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Mapping
+
+import requests
+import urllib3.exceptions
+
+from ..errors import (
+    BadStream,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+    UpstreamServerError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from ..sse import ServerSentEvent, SSEDecoder
+
+READ_SIZE = 65536
+ERROR_BODY_LIMIT = 65536
+JSON_BODY_LIMIT = 4 * 1024 * 1024
+USER_AGENT = "streamchat/1.0"
+
+
+class EndOfStream(Exception):
+    """The provider's own end marker (``[DONE]``, ``message_stop``) arrived."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    first_token: float
+    idle: float
+    max_duration: float
+
+
+def new_session(pool_size: int) -> requests.Session:
+    """Return a session that keeps up to ``pool_size`` connections per host open for reuse."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+@contextlib.contextmanager
+def translate_errors(provider: str) -> Iterator[None]:
+    """Map ``requests``, ``urllib3`` and socket exceptions to the ``streamchat.errors`` tree."""
+    try:
+        yield
+    except ProviderError:
+        raise
+    except (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError) as exc:
+        raise UpstreamTimeout(f"connect timed out: {exc}", provider=provider) from exc
+    except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+        raise UpstreamTimeout(f"read timed out: {exc}", provider=provider) from exc
+    except (requests.exceptions.ConnectionError, urllib3.exceptions.ProtocolError,
+            urllib3.exceptions.HTTPError, requests.exceptions.ChunkedEncodingError, OSError) as exc:
+        raise UpstreamUnreachable(f"connection failed: {exc}", provider=provider) from exc
+    except requests.exceptions.RequestException as exc:
+        raise UpstreamUnreachable(f"request failed: {exc}", provider=provider) from exc
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Return the seconds a 429 asks us to wait (``retry-after-ms``, or ``retry-after`` seconds or date)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(millis) / 1000)
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(value))
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+        return max(0.0, when - (time.time() if now is None else now))
+    return None
+
+
+def error_for_status(provider: str, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+    """Return the error that an HTTP error status from the provider means."""
+    detail = _error_message(body) or f"HTTP {status}"
+    message = f"{provider} answered {status}: {detail}"
+    if status == 429:
+        return RateLimited(message, provider=provider, status=status, retry_after=parse_retry_after(headers))
+    if status in (408, 504):
+        return UpstreamTimeout(message, provider=provider, status=status)
+    if status >= 500:
+        return UpstreamServerError(message, provider=provider, status=status)
+    return ProviderRejected(message, provider=provider, status=status)
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        payload = json.loads(body)
+        error = payload.get("error", payload)
+        if isinstance(error, dict):
+            return str(error.get("message") or error.get("type") or "")[:300]
+        return str(error)[:300]
+    except (ValueError, AttributeError, RecursionError):
+        return body[:200].decode("utf-8", "replace").strip()
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    connection = getattr(response.raw, "connection", None)
+    return getattr(connection, "sock", None)
+
+
+class Provider:
+    """One upstream chat API; ``stream()`` yields the reply's text."""
+
+    name: ClassVar[str]
+    key_env_var: ClassVar[str]
+    base_url_env_var: ClassVar[str]
+    model_env_var: ClassVar[str]
+    default_model: ClassVar[str]
+
+    def __init__(self, *, model: str, base_url: str, api_key: str, session: requests.Session,
+                 timeouts: Timeouts, max_tokens: int, temperature: float | None, system_prompt: str):
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.session = session
+        self.timeouts = timeouts
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.system_prompt = system_prompt
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model} at {self.base_url}>"
+
+    # -- what a subclass implements ---------------------------------------------------------
+
+    def build_request(self, messages: list[dict[str, str]]) -> tuple[str, dict[str, str], dict[str, Any]]:
+        raise NotImplementedError
+
+    def parse_event(self, event: ServerSentEvent) -> str:
+        """Return the text in ``event`` ("" for none); raise EndOfStream or a ProviderError."""
+        raise NotImplementedError
+
+    def parse_json_body(self, payload: Any) -> str:
+        raise NotImplementedError
+
+    # -- the generator ------------------------------------------------------------------------
+
+    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
+        """Yield the reply's text: one string per upstream read, joining every delta it held.
+
+        Raises a ``ProviderError`` for any failure, including no text before the
+        first-token deadline, silence longer than the idle timeout, or a reply
+        longer than the maximum duration. Always closes the upstream response.
+        """
+        started = time.monotonic()
+        url, headers, body = self.build_request(messages)
+        headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity",
+                   "User-Agent": USER_AGENT, **headers}
+        timeouts = self.timeouts
+        with translate_errors(self.name):
+            response = self.session.post(url, headers=headers, json=body, stream=True, allow_redirects=False,
+                                         timeout=(timeouts.connect, timeouts.first_token))
+        try:
+            with translate_errors(self.name):
+                if response.status_code != 200:
+                    raise error_for_status(self.name, response.status_code, response.headers,
+                                           response.raw.read(ERROR_BODY_LIMIT))
+                content_type = response.headers.get("content-type", "")
+                if content_type.startswith("application/json"):
+                    yield self._json_reply(response)
+                else:
+                    yield from self._read_events(response, started)
+        finally:
+            response.close()
+
+    def _read_events(self, response: requests.Response, started: float) -> Iterator[str]:
+        timeouts = self.timeouts
+        first_text_deadline = started + timeouts.first_token
+        end = started + timeouts.max_duration
+        sock = _socket_of(response)
+        read = response.raw.read1
+        parse = self.parse_event
+        decoder = SSEDecoder()
+        seen_text = False
+        try:
+            while True:
+                # The socket timeout bounds this read by whichever deadline comes first,
+                # so keep-alive comments cannot stretch the wait for the first text.
+                now = time.monotonic()
+                if seen_text:
+                    timeout = min(timeouts.idle, end - now)
+                else:
+                    timeout = min(first_text_deadline, end) - now
+                if timeout <= 0:
+                    what = "maximum duration" if seen_text else "first-token deadline"
+                    raise UpstreamTimeout(f"{self.name} reached the {what}", provider=self.name)
+                if sock is not None:
+                    sock.settimeout(timeout)
+                chunk = read(READ_SIZE)
+                if not chunk:
+                    break
+                events = decoder.feed(chunk)
+                if not events:
+                    continue
+                if len(events) == 1:
+                    text = parse(events[0])
+                else:
+                    text = "".join([parse(event) for event in events])
+                if text:
+                    seen_text = True
+                    yield text
+            text = "".join([parse(event) for event in decoder.finish()])
+            if text:
+                seen_text = True
+                yield text
+        except EndOfStream:
+            self._drain(response, sock)
+        if not seen_text:
+            raise BadStream(f"{self.name} stream ended before any text", provider=self.name)
+
+    def _drain(self, response: requests.Response, sock: socket.socket | None) -> None:
+        # Read the few bytes after the end marker so the connection returns to the pool.
+        with contextlib.suppress(Exception):
+            if sock is not None:
+                sock.settimeout(min(1.0, self.timeouts.idle))
+            while response.raw.read1(READ_SIZE):
+                pass
+
+    def _json_reply(self, response: requests.Response) -> str:
+        body = response.raw.read(JSON_BODY_LIMIT)
+        try:
+            text = self.parse_json_body(json.loads(body))
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+            raise BadStream(f"{self.name} sent JSON that is not a reply: {exc}", provider=self.name) from exc
+        if not text:
+            raise BadStream(f"{self.name} sent a reply with no text", provider=self.name)
+        return text
+
+
+def load_json_event(provider: str, data: str) -> Any:
+    """Parse an event's JSON data, raising BadStream when it is not JSON."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise BadStream(f"{provider} sent an event that is not JSON: {data[:80]!r}", provider=provider) from None
+
+
+def in_stream_error(provider: str, error: Any) -> ProviderError:
+    """Return the error that an error object inside a 200 stream stands for."""
+    if isinstance(error, dict):
+        kind = str(error.get("type") or "")
+        code = str(error.get("code") or "")
+        message = str(error.get("message") or kind or code or error)[:300]
+    else:
+        kind = code = ""
+        message = str(error)[:300]
+    if "rate_limit" in kind or code in ("429", "rate_limit_exceeded"):
+        return RateLimited(f"{provider} stream error: {message}", provider=provider)
+    return UpstreamServerError(f"{provider} stream error: {message}", provider=provider)

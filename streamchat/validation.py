@@ -1,0 +1,95 @@
+"""Check a chat request body before anything streams.
+
+``parse_chat_request()`` turns the raw body into a clean list of messages
+or raises ``InvalidRequest`` with the HTTP status, a stable error code for
+programs and a sentence for people. Pure: no Flask.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+ROLES = ("user", "assistant")
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be answered as sent; ``status``, ``code`` and message say why."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_messages: int
+    max_chars: int
+
+
+def parse_chat_request(body: bytes, content_type: str | None, limits: Limits) -> list[dict[str, str]]:
+    """Return the conversation's messages, or raise InvalidRequest naming the first problem."""
+    mimetype = (content_type or "").split(";")[0].strip().lower()
+    if mimetype != "application/json":
+        raise InvalidRequest(415, "unsupported_media_type",
+                             f"Send the conversation as JSON with Content-Type: application/json "
+                             f"(got {mimetype or 'no content type'}).")
+    try:
+        payload = json.loads(body)
+    except UnicodeDecodeError:
+        raise InvalidRequest(400, "invalid_json", "The body is not valid UTF-8.") from None
+    except RecursionError:
+        raise InvalidRequest(400, "invalid_json", "The JSON is nested too deeply.") from None
+    except ValueError as exc:
+        raise InvalidRequest(400, "invalid_json", f"The body is not valid JSON: {exc}.") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest(400, "invalid_body", 'The body must be a JSON object like {"messages": [...]}.')
+    unknown = sorted(set(payload) - {"messages"})
+    if unknown:
+        raise InvalidRequest(400, "unknown_field", f"Unknown field {unknown[0]!r}: only 'messages' is accepted.")
+    messages = payload.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidRequest(400, "invalid_messages", "'messages' must be a list of {role, content} objects.")
+    if not messages:
+        raise InvalidRequest(400, "empty_conversation", "'messages' must hold at least one message.")
+    if len(messages) > limits.max_messages:
+        raise InvalidRequest(400, "too_many_messages",
+                             f"The conversation has {len(messages)} messages; the limit is {limits.max_messages}.")
+    clean = [_message(index, message) for index, message in enumerate(messages)]
+    total = sum(len(m["content"]) for m in clean)
+    if total > limits.max_chars:
+        raise InvalidRequest(400, "too_many_characters",
+                             f"The conversation has {total} characters; the limit is {limits.max_chars}.")
+    if clean[-1]["role"] != "user":
+        raise InvalidRequest(400, "last_message_not_user", "The last message must be the user's.")
+    return clean
+
+
+def _message(index: int, message: Any) -> dict[str, str]:
+    where = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise InvalidRequest(400, "invalid_message", f"{where} must be an object with 'role' and 'content'.")
+    extra = sorted(set(message) - {"role", "content"})
+    if extra:
+        raise InvalidRequest(400, "invalid_message", f"{where} has an unknown field {extra[0]!r}.")
+    role = message.get("role")
+    if role == "system":
+        raise InvalidRequest(400, "system_role_forbidden",
+                             f"{where}: the system prompt is set by the server; clients cannot send one.")
+    if not isinstance(role, str) or role not in ROLES:
+        raise InvalidRequest(400, "unknown_role", f"{where}: role must be 'user' or 'assistant' (got {role!r}).")
+    content = message.get("content")
+    if not isinstance(content, str):
+        raise InvalidRequest(400, "invalid_content", f"{where}: content must be a string.")
+    if not content.strip():
+        raise InvalidRequest(400, "empty_content", f"{where}: content must not be empty.")
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(400, "invalid_content", f"{where}: content holds an unpaired surrogate.") from None
+    if "\x00" in content:
+        raise InvalidRequest(400, "invalid_content", f"{where}: content must not contain NUL characters.")
+    return {"role": role, "content": content}

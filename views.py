@@ -1,0 +1,75 @@
+"""The chat blueprint: the page, the streaming chat endpoint and the health check."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, g, jsonify, render_template, request, stream_with_context
+
+from streamchat.disconnect import watch_client
+from streamchat.validation import InvalidRequest, Limits, parse_chat_request
+
+bp = Blueprint("chat", __name__)
+
+STREAM_HEADERS = {
+    "Cache-Control": "no-store",
+    # nginx and other proxies must pass each chunk on at once, and never compress it.
+    "X-Accel-Buffering": "no",
+    "Content-Encoding": "identity",
+}
+
+
+def service():
+    return current_app.extensions["streamchat"]
+
+
+@bp.get("/")
+def index():
+    """Serve the chat page."""
+    return render_template("index.html")
+
+
+@bp.post("/api/chat")
+def chat():
+    """Stream the assistant's reply to the conversation in the request body."""
+    svc = service()
+    settings = svc.settings
+    messages = parse_chat_request(request.get_data(cache=False), request.content_type,
+                                  Limits(settings.chat_max_messages, settings.chat_max_chars))
+    g.user_text = messages[-1]["content"]
+    live_allowed, no_live_reason = svc.budget.allow_live()
+    watch = watch_client(request.environ)
+    reply = svc.relay.open(messages, watch, live_allowed=live_allowed, no_live_reason=no_live_reason)
+    g.stats = reply.stats
+    stats = reply.stats
+    response = Response(stream_with_context(reply.body()), content_type="text/plain; charset=utf-8",
+                        headers=STREAM_HEADERS)
+    response.headers["X-Terminal-Mode"] = stats.mode
+    response.headers["X-Terminal-Provider"] = stats.provider
+    if stats.model:
+        response.headers["X-Terminal-Model"] = stats.model
+    if stats.mode == "fallback":
+        response.headers["X-Terminal-Reason"] = stats.reason
+    return response
+
+
+@bp.get("/healthz")
+def healthz():
+    """Report whether the service is up and which providers and rules it uses (never a key)."""
+    svc = service()
+    rules = svc.relay.rules
+    rules.current()
+    body = {
+        "status": "ok",
+        "providers": [{"name": p.name, "model": p.model, "base_url": p.base_url} for p in svc.relay.chain],
+        "cooling_down": svc.relay.breaker.state(),
+        "rules": {"path": rules.path, "loaded": rules.current() is not None,
+                  "error": [str(p) for p in rules.error.problems] if rules.error else None},
+    }
+    body.update(svc.health_extras())
+    if rules.error or body.get("rate_limit", {}).get("error"):
+        body["status"] = "degraded"
+    return jsonify(body)
+
+
+@bp.errorhandler(InvalidRequest)
+def invalid_request(error: InvalidRequest):
+    return jsonify({"error": {"code": error.code, "message": error.message}}), error.status

@@ -1,0 +1,18 @@
+"""The WSGI entry point for gunicorn: patch for gevent first, then build the app."""
+
+from gevent import monkey
+
+# Before anything imports socket, ssl or requests: a late patch leaves blocking sockets behind.
+monkey.patch_all()
+
+import os  # noqa: E402
+
+from dotenv import load_dotenv  # noqa: E402
+
+# A .env file in the working directory, for local runs; ENV_FILE="" turns it off (the tests do).
+if os.environ.get("ENV_FILE", ".env"):
+    load_dotenv(os.environ.get("ENV_FILE", ".env"), override=False)
+
+from app import create_app  # noqa: E402
+
+app = create_app()
