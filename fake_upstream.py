@@ -22,6 +22,7 @@ overrides the defaults (set on the command line) with any of:
     split       send every event in pieces of this many bytes ...
     split_ms    ... this many ms apart (so a line or a UTF-8 character is cut across reads)
     newline     "\\n" (default), "\\r\\n" or "\\r"
+    body_file   replay this file as the SSE body, byte for byte (recorded real streams)
     id          a tag to find this request in ``GET /_fake/requests``
 
 ``GET /_fake/requests`` lists what was asked and when each connection was
@@ -173,6 +174,7 @@ class FakeUpstream:
         self.keep_records = keep_records
         self.records: list[Record] = []
         self.connections = 0
+        self._transports: set[asyncio.Transport] = set()
         self.changed = threading.Condition()
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -201,15 +203,24 @@ class FakeUpstream:
             loop.run_until_complete(self.start())
             ready.set()
             loop.run_forever()
+            self._server.close()
+            loop.run_until_complete(self._server.wait_closed())
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+            loop.close()
+            self._stopped.set()
 
+        self._stopped = threading.Event()
         threading.Thread(target=run, name="fake-upstream", daemon=True).start()
         ready.wait(10)
         return self
 
     def stop(self) -> None:
         if self._loop and self._server:
-            self._loop.call_soon_threadsafe(self._server.close)
+            for transport in list(self._transports):
+                self._loop.call_soon_threadsafe(transport.abort)
             self._loop.call_soon_threadsafe(self._loop.stop)
+            self._stopped.wait(10)
 
     def notify(self) -> None:
         with self.changed:
@@ -253,10 +264,12 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.server._transports.add(transport)
         self.server.connections += 1
         self.number = self.server.connections
 
     def connection_lost(self, exc):
+        self.server._transports.discard(self.transport)
         if self.timer:
             self.timer.cancel()
         record = self.record
@@ -368,6 +381,11 @@ class _Reply:
         self.conn.transport.write(
             f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n"
             "Cache-Control: no-cache\r\n\r\n".encode())
+        if "body_file" in self.params:  # replay a recorded stream byte for byte
+            with open(self.params["body_file"], "rb") as handle:
+                self._write(handle.read())
+            self._finish()
+            return
         if fault == "not_sse":
             self._write(b"<html><body><h1>Welcome to nginx!</h1></body></html>\n")
             self._finish()

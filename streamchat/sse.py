@@ -35,19 +35,13 @@ class SSEDecoder:
     def __init__(self) -> None:
         self._tail = b""  # an incomplete line carried to the next read
         self._skip_lf = False  # the last read ended in \r: a leading \n belongs to it
-        self._started = False
+        self._started = False  # the first line, which may begin with a BOM, is not complete yet
         self._event = ""
         self._data: list[bytes] = []
         self._id: str | None = None
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Return the events that ``chunk`` completes."""
-        if not self._started:
-            if not chunk:
-                return []
-            self._started = True
-            if chunk.startswith(b"\xef\xbb\xbf"):
-                chunk = chunk[3:]
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -59,6 +53,9 @@ class SSEDecoder:
             chunk = self._tail + chunk
         lines = chunk.split(b"\n")
         self._tail = lines.pop()
+        if lines and not self._started:
+            self._started = True
+            lines[0] = lines[0].removeprefix(b"\xef\xbb\xbf")  # the BOM may span two reads
         events: list[ServerSentEvent] = []
         for line in lines:
             self._line(line, events)
@@ -68,7 +65,7 @@ class SSEDecoder:
         """Return the last event of a stream that ended without its blank line."""
         events: list[ServerSentEvent] = []
         if self._tail:
-            self._line(self._tail, events)
+            self._line(self._tail if self._started else self._tail.removeprefix(b"\xef\xbb\xbf"), events)
             self._tail = b""
         self._line(b"", events)
         return events

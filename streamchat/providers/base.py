@@ -193,44 +193,48 @@ class Provider:
         end = started + timeouts.max_duration
         sock = _socket_of(response)
         read = response.raw.read1
-        parse = self.parse_event
         decoder = SSEDecoder()
         seen_text = False
-        try:
-            while True:
-                # The socket timeout bounds this read by whichever deadline comes first,
-                # so keep-alive comments cannot stretch the wait for the first text.
-                now = time.monotonic()
-                if seen_text:
-                    timeout = min(timeouts.idle, end - now)
-                else:
-                    timeout = min(first_text_deadline, end) - now
-                if timeout <= 0:
-                    what = "maximum duration" if seen_text else "first-token deadline"
-                    raise UpstreamTimeout(f"{self.name} reached the {what}", provider=self.name)
-                if sock is not None:
-                    sock.settimeout(timeout)
-                chunk = read(READ_SIZE)
-                if not chunk:
-                    break
+        ended = False
+        while not ended:
+            # The socket timeout bounds this read by whichever deadline comes first,
+            # so keep-alive comments cannot stretch the wait for the first text.
+            now = time.monotonic()
+            timeout = min(timeouts.idle, end - now) if seen_text else min(first_text_deadline, end) - now
+            if timeout <= 0:
+                what = "maximum duration" if seen_text else "first-token deadline"
+                raise UpstreamTimeout(f"{self.name} reached the {what}", provider=self.name)
+            if sock is not None:
+                sock.settimeout(timeout)
+            chunk = read(READ_SIZE)
+            if chunk:
                 events = decoder.feed(chunk)
                 if not events:
                     continue
-                if len(events) == 1:
-                    text = parse(events[0])
-                else:
-                    text = "".join([parse(event) for event in events])
-                if text:
-                    seen_text = True
-                    yield text
-            text = "".join([parse(event) for event in decoder.finish()])
+            else:
+                events, ended = decoder.finish(), True  # the stream ended without its end marker
+            text, saw_end = self._text_of(events)
             if text:
                 seen_text = True
-                yield text
-        except EndOfStream:
-            self._drain(response, sock)
+                yield text  # every delta of this read in one write
+            if saw_end:
+                self._drain(response, sock)
+                ended = True
         if not seen_text:
             raise BadStream(f"{self.name} stream ended before any text", provider=self.name)
+
+    def _text_of(self, events: list[ServerSentEvent]) -> tuple[str, bool]:
+        """Return the text of ``events`` joined, and whether the end marker was among them."""
+        parse = self.parse_event
+        pieces = []
+        for event in events:
+            try:
+                text = parse(event)
+            except EndOfStream:
+                return "".join(pieces), True
+            if text:
+                pieces.append(text)
+        return "".join(pieces), False
 
     def _drain(self, response: requests.Response, sock: socket.socket | None) -> None:
         # Read the few bytes after the end marker so the connection returns to the pool.

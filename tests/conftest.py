@@ -1,0 +1,73 @@
+"""Shared fixtures: a clean environment, the fake upstream, gunicorn servers and Flask's test client."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fake_upstream import FakeUpstream  # noqa: E402
+from servers import REAL_SETTINGS, REPO, Gunicorn  # noqa: E402
+
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_settings(monkeypatch):
+    """Remove real keys and settings from the environment so no test can reach a real provider."""
+    for name in REAL_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RULES_PATH", str(REPO / "rules.yaml"))
+
+
+@pytest.fixture(scope="session")
+def fake():
+    """The fake upstream, on a loopback port, fast by default."""
+    server = FakeUpstream(defaults={"first_token_ms": 20, "interval_ms": 5, "tokens": 12}).start_in_thread()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def live(fake, log_dir):
+    """gunicorn (one gevent worker) answering from the fake upstream as an OpenAI-compatible server."""
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", OPENAI_MODEL="fake-gpt",
+                  LLM_CONNECT_TIMEOUT="1", LLM_FIRST_TOKEN_TIMEOUT="1.5", LLM_IDLE_TIMEOUT="1",
+                  LLM_MAX_DURATION="20", LLM_COOLDOWN="0") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def live_anthropic(fake, log_dir):
+    """gunicorn answering from the fake upstream as the Anthropic Messages API."""
+    with Gunicorn(log_dir, ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=fake.url, ANTHROPIC_MODEL="fake-claude",
+                  LLM_CONNECT_TIMEOUT="1", LLM_FIRST_TOKEN_TIMEOUT="1.5", LLM_IDLE_TIMEOUT="1",
+                  LLM_COOLDOWN="0") as server:
+        yield server
+
+
+@pytest.fixture
+def app():
+    from app import create_app
+
+    return create_app({"CHAT_RATE_LIMIT": "100000/minute", "CHAT_MAX_MESSAGES": "5", "CHAT_MAX_CHARS": "200",
+                       "CHAT_MAX_BODY_BYTES": "2048"})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()

@@ -1,0 +1,148 @@
+"""Real processes for the tests: gunicorn with gevent workers, and a raw HTTP client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Variables a developer's shell may hold that must never reach a test server.
+REAL_SETTINGS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
+                 "ANTHROPIC_MODEL", "LLM_PROVIDERS", "SYSTEM_PROMPT", "SYSTEM_PROMPT_FILE",
+                 "RATELIMIT_STORAGE_URI", "LLM_BUDGET_PER_CLIENT", "LLM_BUDGET_GLOBAL", "TRUSTED_PROXIES",
+                 "CORS_ORIGINS", "RULES_PATH", "CHAT_RATE_LIMIT", "WEB_CONCURRENCY", "PORT", "HOST")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in REAL_SETTINGS}
+    env.update(ENV_FILE="", HOST="127.0.0.1", PYTHONUNBUFFERED="1", CHAT_RATE_LIMIT="100000/minute",
+               RULES_PATH=str(REPO / "rules.yaml"))
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+class Gunicorn:
+    """``wsgi:app`` under gunicorn with gevent workers on a loopback port, as the Procfile runs it."""
+
+    def __init__(self, log_dir: Path, workers: int = 1, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"gunicorn-{self.port}.log"
+        self.env = clean_env(PORT=str(self.port), WEB_CONCURRENCY=str(workers), **env)
+        self.workers = workers
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Gunicorn":
+        self._log_file = log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--no-control-socket", "wsgi:app"],
+            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                status, _, _ = request(self.url, "GET", "/healthz", timeout=1)
+                if status == 200 and self.log().count("Booting worker") >= self.workers:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gunicorn did not become ready:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "_log_file", None):
+            self._log_file.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def access_lines(self) -> list[str]:
+        return [line for line in self.log().splitlines() if "streamchat.access" in line]
+
+    def __enter__(self) -> "Gunicorn":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def request(base: str, method: str, path: str, body=None, headers=None, timeout: float = 15):
+    """Send one request and return ``(status, headers, body bytes)``."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    data = json.dumps(body).encode() if body is not None and not isinstance(body, (bytes, str)) else body
+    hdrs = {"Content-Type": "application/json"} if body is not None else {}
+    hdrs.update(headers or {})
+    try:
+        conn.request(method, path, body=data, headers=hdrs)
+        response = conn.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        conn.close()
+
+
+def chat_body(prompt: str, **fake) -> dict:
+    """A one-message conversation; keyword arguments become the fake upstream's directive."""
+    content = prompt + (f"\nfake: {json.dumps(fake)}" if fake else "")
+    return {"messages": [{"role": "user", "content": content}]}
+
+
+def raw_exchange(base: str, body: dict, extra_headers: str = "", timeout: float = 15) -> bytes:
+    """POST /api/chat over a bare socket and return every byte of the response, framing included."""
+    host, port = base.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\n" + extra_headers.encode() +
+                     b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def parse_chunked(raw: bytes) -> tuple[bytes, list[bytes], bool]:
+    """Split a raw HTTP/1.1 response into (head, body chunks, ended with the terminating chunk)."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    chunks = []
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return head, chunks, rest == b"\r\n"
+        chunks.append(rest[:size])
+        assert rest[size:size + 2] == b"\r\n", "chunk not followed by CRLF"
+        rest = rest[size + 2:]
+    return head, chunks, False
+
+
+def eventually(predicate, timeout: float = 10.0):
+    """Poll ``predicate`` until it returns something truthy (bounded), and return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)

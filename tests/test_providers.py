@@ -1,0 +1,145 @@
+"""Provider pieces that need no network: event parsing, error mapping, request building."""
+
+import email.utils
+
+import pytest
+
+from streamchat.errors import (BadStream, ProviderRejected, RateLimited, UpstreamServerError, UpstreamTimeout)
+from streamchat.providers import AnthropicMessages, OpenAIChat, Timeouts
+from streamchat.providers.anthropic import _alternating
+from streamchat.providers.base import EndOfStream, error_for_status, parse_retry_after
+from streamchat.sse import ServerSentEvent
+
+
+def make(cls, **overrides):
+    options = dict(model="m", base_url="http://127.0.0.1:9/v1", api_key="k", session=None,
+                   timeouts=Timeouts(1, 1, 1, 10), max_tokens=10, temperature=None, system_prompt="Be brief.")
+    options.update(overrides)
+    return cls(**options)
+
+
+def event(data, name="message"):
+    return ServerSentEvent(name, data)
+
+
+class TestOpenAIEvents:
+    provider = make(OpenAIChat)
+
+    @pytest.mark.parametrize("data, text", [
+        ('{"choices":[{"delta":{"content":"hi"}}]}', "hi"),
+        ('{"choices":[{"delta":{"content":null}}]}', ""),
+        ('{"choices":[{"delta":{"content":""}}]}', ""),
+        ('{"choices":[{"delta":{}}]}', ""),
+        ('{"choices":[]}', ""),
+        ('{"choices":[],"usage":{"total_tokens":3}}', ""),
+        ('{"choices":[{"delta":{"reasoning_content":"hmm"}}]}', ""),
+        ('{"choices":[{"delta":{"reasoning":"hmm","content":null}}]}', ""),
+        ('{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}', ""),
+        ('{"choices":[{"delta":{"content":[{"type":"text","text":"a"},{"type":"thinking"}]}}]}', "a"),
+        ('{"choices":null}', ""),
+        ('[1, 2]', ""),
+    ])
+    def test_text_of_chunk(self, data, text):
+        assert self.provider.parse_event(event(data)) == text
+
+    def test_done_ends_the_stream(self):
+        with pytest.raises(EndOfStream):
+            self.provider.parse_event(event("[DONE]"))
+
+    def test_error_object_in_stream(self):
+        with pytest.raises(UpstreamServerError, match="boom"):
+            self.provider.parse_event(event('{"error":{"message":"boom","type":"server_error"}}'))
+
+    def test_rate_limit_error_in_stream(self):
+        with pytest.raises(RateLimited):
+            self.provider.parse_event(event('{"error":{"message":"slow down","code":429}}'))
+
+    def test_malformed_json_is_a_bad_stream(self):
+        with pytest.raises(BadStream):
+            self.provider.parse_event(event('{"choices": [{"delta": '))
+
+    def test_request_puts_the_system_prompt_first(self):
+        url, headers, body = self.provider.build_request([{"role": "user", "content": "hi"}])
+        assert url == "http://127.0.0.1:9/v1/chat/completions"
+        assert headers == {"Authorization": "Bearer k"}
+        assert body["stream"] is True
+        assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+
+    def test_keyless_local_server_sends_no_authorization(self):
+        assert make(OpenAIChat, api_key="").build_request([{"role": "user", "content": "x"}])[1] == {}
+
+
+class TestAnthropicEvents:
+    provider = make(AnthropicMessages, base_url="http://127.0.0.1:9")
+
+    def test_text_delta(self):
+        data = '{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hé"}}   '
+        assert self.provider.parse_event(event(data, "content_block_delta")) == "hé"
+
+    @pytest.mark.parametrize("name, data", [
+        ("ping", '{"type": "ping"}'),
+        ("message_start", '{"type":"message_start","message":{"content":[]}}'),
+        ("content_block_delta", '{"type":"content_block_delta","delta":{"type":"thinking_delta","thinking":"x"}}'),
+        ("content_block_delta", '{"type":"content_block_delta","delta":{"type":"input_json_delta","partial_json":"{"}}'),
+        ("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}'),
+        ("brand_new_event", '{"type":"brand_new_event"}'),
+    ])
+    def test_events_without_text(self, name, data):
+        assert self.provider.parse_event(event(data, name)) == ""
+
+    def test_message_stop_ends_the_stream(self):
+        with pytest.raises(EndOfStream):
+            self.provider.parse_event(event('{"type":"message_stop"}', "message_stop"))
+
+    def test_error_event(self):
+        data = '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+        with pytest.raises(UpstreamServerError, match="Overloaded"):
+            self.provider.parse_event(event(data, "error"))
+
+    def test_request_shape(self):
+        url, headers, body = self.provider.build_request(
+            [{"role": "assistant", "content": "Hi, how can I help?"}, {"role": "user", "content": "a"},
+             {"role": "user", "content": "b"}])
+        assert url == "http://127.0.0.1:9/v1/messages"
+        assert headers["x-api-key"] == "k" and headers["anthropic-version"] == "2023-06-01"
+        assert body["system"] == "Be brief." and body["max_tokens"] == 10
+        assert body["messages"] == [{"role": "user", "content": "a\n\nb"}]
+
+    def test_alternating_keeps_turns(self):
+        turns = [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"},
+                 {"role": "user", "content": "3"}]
+        assert _alternating(turns) == turns
+
+
+@pytest.mark.parametrize("headers, seconds", [
+    ({"retry-after": "7"}, 7.0),
+    ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+    ({"retry-after": "soon"}, None),
+    ({}, None),
+])
+def test_retry_after(headers, seconds):
+    assert parse_retry_after(headers) == seconds
+
+
+def test_retry_after_http_date():
+    now = 1_800_000_000
+    assert parse_retry_after({"retry-after": email.utils.formatdate(now + 30, usegmt=True)}, now=now) == 30
+
+
+@pytest.mark.parametrize("status, error, reason", [
+    (400, ProviderRejected, "upstream_error"),
+    (401, ProviderRejected, "auth_rejected"),
+    (403, ProviderRejected, "auth_rejected"),
+    (404, ProviderRejected, "upstream_error"),
+    (413, ProviderRejected, "upstream_error"),
+    (429, RateLimited, "rate_limited"),
+    (500, UpstreamServerError, "upstream_error"),
+    (503, UpstreamServerError, "upstream_error"),
+    (504, UpstreamTimeout, "timeout"),
+    (529, UpstreamServerError, "upstream_error"),
+])
+def test_error_for_status(status, error, reason):
+    exc = error_for_status("openai", status, {"retry-after": "3"}, b'{"error": {"message": "nope"}}')
+    assert type(exc) is error and exc.reason == reason and "nope" in str(exc)
+    if status == 429:
+        assert exc.retry_after == 3

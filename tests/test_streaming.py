@@ -1,0 +1,172 @@
+"""End to end: real gunicorn gevent workers streaming from the fake upstream over loopback."""
+
+import http.client
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from fake_upstream import tokens_of
+from servers import chat_body, eventually, parse_chunked, raw_exchange, request
+
+STREAMS = Path(__file__).parent / "streams"
+
+
+def open_stream(server, body):
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=15)
+    conn.request("POST", "/api/chat", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    return conn, conn.getresponse()
+
+
+def test_first_chunk_arrives_while_the_upstream_is_still_generating(live, fake):
+    # The upstream sends three tokens and then stays silent: the client must already have all three.
+    conn, response = open_stream(live, chat_body("hi", text="one two three four", fault="stall_after",
+                                                 after=3, first_token_ms=0, id="order"))
+    received = b""
+    while received != b"one two three ":
+        received += response.read1(65536)
+        assert b"one two three ".startswith(received)
+    record = fake.find("order")
+    assert record.finished is None and record.tokens_sent == 3
+    conn.close()
+
+
+@pytest.mark.parametrize("text", [
+    "plain ascii words",
+    "héllo wörld — ça va? 你好，世界 🌍🚀 Ünïcödé",
+    "line one\nline two\r\n\ttabbed ```code```",
+])
+def test_body_is_exactly_the_upstream_text(live, text):
+    # split=3 cuts every event into 3-byte network pieces, through lines and UTF-8 characters.
+    status, headers, body = request(live.url, "POST", "/api/chat", chat_body("hi", text=text, split=3, split_ms=1))
+    assert status == 200
+    assert body.decode() == text
+
+
+def test_default_reply_arrives_chunk_by_chunk(live):
+    raw = raw_exchange(live.url, chat_body("hi", tokens=12))
+    head, chunks, terminated = parse_chunked(raw)
+    assert terminated
+    assert b"".join(chunks).decode() == "".join(tokens_of({"tokens": 12}))
+    assert len(chunks) > 1
+
+
+def test_headers_of_a_live_answer(live):
+    status, headers, _ = request(live.url, "POST", "/api/chat", chat_body("hi"), {"X-Request-Id": "req-123"})
+    assert status == 200
+    assert headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["X-Accel-Buffering"] == "no"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Terminal-Mode"] == "live"
+    assert headers["X-Terminal-Provider"] == "openai"
+    assert headers["X-Terminal-Model"] == "fake-gpt"
+    assert headers["X-Request-Id"] == "req-123"
+    assert headers["Transfer-Encoding"] == "chunked"
+    assert "Content-Length" not in headers
+    assert headers.get("Content-Encoding", "identity") == "identity"
+
+
+def test_request_id_is_generated_when_missing_or_unsafe(live):
+    _, headers, _ = request(live.url, "POST", "/api/chat", chat_body("hi"), {"X-Request-Id": "bad id <script>"})
+    assert len(headers["X-Request-Id"]) == 32 and " " not in headers["X-Request-Id"]
+
+
+def test_upstream_request_carries_the_server_system_prompt_and_no_client_key(live, fake):
+    request(live.url, "POST", "/api/chat", chat_body("hi", id="shape"), {"Authorization": "Bearer client-key"})
+    record = fake.find("shape")
+    assert record.path == "/v1/chat/completions"
+    assert record.body["stream"] is True and record.body["model"] == "fake-gpt"
+    assert record.headers["has-key"] == "False"  # keyless local server: no Authorization is sent
+    assert record.headers["accept-encoding"] == "identity"
+
+
+def test_anthropic_end_to_end(live_anthropic, fake):
+    text = "Grüße aus Wien 🇦🇹"
+    status, headers, body = request(live_anthropic.url, "POST", "/api/chat",
+                                    chat_body("hi", text=text, split=2, split_ms=1, id="anth"))
+    assert status == 200 and body.decode() == text
+    assert headers["X-Terminal-Provider"] == "anthropic" and headers["X-Terminal-Model"] == "fake-claude"
+    record = fake.find("anth")
+    assert record.path == "/v1/messages" and record.headers["has-key"] == "True"
+    assert record.headers["anthropic-version"] == "2023-06-01"
+
+
+@pytest.mark.parametrize("name, text", [
+    ("openai_official.sse", "Bonjour à tous 👋\n\n```py\nprint(1)\n```"),
+    ("azure_content_filter.sse", "Hello world"),
+    ("deepseek_reasoning.sse", "Hi!"),
+    ("openrouter_crlf.sse", "Ciao ragazzi"),
+    ("groq_x_groq.sse", "Fast tokens."),
+    ("llamacpp_no_done.sse", "Local model"),
+    ("mistral_content_parts.sse", "Answer: 42"),
+])
+@pytest.mark.parametrize("split", [None, 7])
+def test_recorded_openai_compatible_streams(live, name, text, split):
+    options = {"body_file": str(STREAMS / name), "split_ms": 1}
+    if split:
+        options["split"] = split
+    status, headers, body = request(live.url, "POST", "/api/chat", chat_body("hi", **options))
+    assert (status, headers["X-Terminal-Mode"], body.decode()) == (200, "live", text)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("anthropic_official.sse", "Grüß Gott! 🇦🇹"),
+    ("anthropic_no_event_lines.sse", "Via a gateway"),
+])
+def test_recorded_anthropic_streams(live_anthropic, name, text):
+    status, headers, body = request(live_anthropic.url, "POST", "/api/chat",
+                                    chat_body("hi", body_file=str(STREAMS / name), split=5, split_ms=1))
+    assert (status, headers["X-Terminal-Mode"], body.decode()) == (200, "live", text)
+
+
+def test_a_proxy_that_ignores_stream_true_still_answers(live):
+    status, headers, body = request(live.url, "POST", "/api/chat", chat_body("hi", text="whole reply",
+                                                                             fault="json_body"))
+    assert (status, headers["X-Terminal-Mode"], body) == (200, "live", b"whole reply")
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["generating", "silent"])
+def test_client_disconnect_closes_the_upstream(live, fake, silent):
+    tag = f"disconnect-{silent}"
+    fault = {"fault": "stall_after", "after": 2} if silent else {"tokens": 2000, "interval_ms": 5}
+    host, port = live.url.removeprefix("http://").split(":")
+    payload = json.dumps(chat_body("hi", id=tag, first_token_ms=0, **fault)).encode()
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # streaming has begun
+    assert fake.wait_for(lambda: (r := fake.find(tag)) and r.tokens_sent >= 2)
+    sock.close()
+    record = fake.wait_for(lambda: (r := fake.find(tag)) and r.peer_closed and r)
+    assert record, "the upstream connection was not closed after the client went away"
+    assert record.finished is None
+    assert eventually(lambda: any(f"ended=client_gone" in line for line in live.access_lines()))
+
+
+def test_upstream_connections_are_reused(live, fake):
+    before = fake.connections
+    for n in range(5):
+        status, _, _ = request(live.url, "POST", "/api/chat", chat_body("hi", tokens=3, id=f"reuse{n}"))
+        assert status == 200
+    used = {fake.find(f"reuse{n}").connection for n in range(5)}
+    assert len(used) == 1 and fake.connections - before <= 1
+
+
+def test_access_log_line(live):
+    request(live.url, "POST", "/api/chat", chat_body("secret user words"), {"X-Request-Id": "log-check"})
+    line = eventually(lambda: next((l for l in live.access_lines() if "request_id=log-check" in l), None))
+    for field in ("status=200", "mode=live", "provider=openai", "ttfb_ms=", "duration_ms=", "chunks=", "bytes=",
+                  "ended=complete"):
+        assert field in line
+    assert "secret user words" not in live.log()
+
+
+def test_healthz_names_providers_never_keys(live_anthropic):
+    status, _, body = request(live_anthropic.url, "GET", "/healthz")
+    health = json.loads(body)
+    assert status == 200 and health["status"] == "ok"
+    assert [p["name"] for p in health["providers"]] == ["anthropic"]
+    assert "test-key" not in body.decode()
