@@ -29,8 +29,8 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 class AlwaysLive:
     """The live-model budget when none is configured: every request may use the model."""
 
-    def allow_live(self) -> tuple[bool, str]:
-        return True, ""
+    def live_denied(self) -> str | None:
+        return None
 
 
 @dataclass

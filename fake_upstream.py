@@ -24,6 +24,7 @@ overrides the defaults (set on the command line) with any of:
     newline     "\\n" (default), "\\r\\n" or "\\r"
     body_file   replay this file as the SSE body, byte for byte (recorded real streams)
     id          a tag to find this request in ``GET /_fake/requests``
+    openai, anthropic   overrides for that protocol only, e.g. {"openai": {"status": 500}}
 
 ``GET /_fake/requests`` lists what was asked and when each connection was
 seen closed; ``GET /_fake/stats`` sums it up for the benchmark.
@@ -322,7 +323,8 @@ class _Connection(asyncio.Protocol):
         except ValueError:
             self._send_json(400, {"error": {"message": "body is not JSON"}})
             return
-        params = {**server.defaults, **directive_of(body)}
+        directive = directive_of(body)
+        params = {**server.defaults, **directive, **directive.get(protocol, {})}
         shown = {k: v for k, v in headers.items() if k not in ("authorization", "x-api-key")}
         shown["has-key"] = str(bool(headers.get("authorization") or headers.get("x-api-key")))
         record = server.new_record(id=str(params.get("id", "")), path=path, protocol=protocol,

@@ -35,9 +35,8 @@ def chat():
     messages = parse_chat_request(request.get_data(cache=False), request.content_type,
                                   Limits(settings.chat_max_messages, settings.chat_max_chars))
     g.user_text = messages[-1]["content"]
-    live_allowed, no_live_reason = svc.budget.allow_live()
     watch = watch_client(request.environ)
-    reply = svc.relay.open(messages, watch, live_allowed=live_allowed, no_live_reason=no_live_reason)
+    reply = svc.relay.open(messages, watch, live_denied=svc.budget.live_denied())
     g.stats = reply.stats
     stats = reply.stats
     response = Response(stream_with_context(reply.body()), content_type="text/plain; charset=utf-8",

@@ -56,9 +56,10 @@ class CircuitBreaker:
         """Note the outcome of a call: None for success."""
         if error is None:
             self._open.pop(provider, None)
-        elif isinstance(error, ProviderUnavailable) and self.cooldown > 0:
+        elif isinstance(error, ProviderUnavailable):
             wait = max(self.cooldown, min(error.retry_after or 0.0, MAX_COOLDOWN))
-            self._open[provider] = (self.clock() + wait, error.reason)
+            if wait > 0:
+                self._open[provider] = (self.clock() + wait, error.reason)
 
     def state(self) -> dict[str, dict[str, float | str]]:
         now = self.clock()
@@ -130,12 +131,14 @@ class Relay:
         self.breaker = breaker
         self.fallback_delay = fallback_delay
 
-    def open(self, messages: list[dict[str, str]], watch: ClientWatch, *, live_allowed: bool = True,
-             no_live_reason: str = "no_provider") -> Reply:
-        """Return a reply from the first provider that produces text in time, else from the rules."""
+    def open(self, messages: list[dict[str, str]], watch: ClientWatch, *, live_denied: str | None = None) -> Reply:
+        """Return a reply from the first provider that produces text in time, else from the rules.
+
+        ``live_denied`` is a reason (such as ``"budget"``) to answer from the rules without trying any provider.
+        """
         stats = StreamStats()
         reasons: list[str] = []  # why each provider did not answer, in chain order
-        for provider in self.chain if live_allowed else ():
+        for provider in self.chain if live_denied is None else ():
             skip = self.breaker.skip_reason(provider.name)
             if skip:
                 reasons.append(skip)
@@ -154,7 +157,7 @@ class Relay:
             stats.provider, stats.model = provider.name, provider.model
             return Reply(stats, first, stream, watch)
         # The first failure is the one the site owner configured first: report that one.
-        reason = reasons[0] if reasons else no_live_reason
+        reason = reasons[0] if reasons else live_denied or "no_provider"
         stats.mode, stats.reason, stats.provider = "fallback", reason, "rules"
         stats.rule, text = self.rules.reply(messages)
         pieces = word_groups(text, FALLBACK_WORDS_PER_CHUNK, self.fallback_delay)

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 SCOPES = ("latest", "conversation")
+_NEVER = object()
 RULE_KEYS = {"name", "keywords", "patterns", "priority", "scope", "replies"}
 
 
@@ -159,7 +160,7 @@ def parse_rules(text: str, path: str = "rules.yaml") -> Rules:
             except re.error as exc:
                 problem(f"{name}: pattern {source!r} is not a valid regular expression: {exc}",
                         *where, "patterns", pattern_index)
-        if not keywords and not patterns:
+        if not raw.get("keywords") and not raw.get("patterns"):
             problem(f"{name}: needs 'keywords' or 'patterns'", *where)
         priority = raw.get("priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool):
@@ -228,7 +229,7 @@ class RulesStore:
     def __init__(self, path: str, on_reload=None):
         self.path = path
         self.error: RulesError | None = None
-        self.loaded_at_signature: tuple | None = None
+        self.loaded_at_signature: object = _NEVER  # differs from any stat result, even "missing"
         self._rules: Rules | None = None
         self._lock = threading.Lock()
         self._on_reload = on_reload or (lambda store: None)

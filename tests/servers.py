@@ -57,7 +57,7 @@ class Gunicorn:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
             try:
                 status, _, _ = request(self.url, "GET", "/healthz", timeout=1)
-                if status == 200 and self.log().count("Booting worker") >= self.workers:
+                if status == 200 and self.log().count("streamchat providers:") >= self.workers:
                     return self
             except OSError:
                 pass
