@@ -15,6 +15,7 @@ import click
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+import protection
 from streamchat.config import Settings, load_settings
 from streamchat.disconnect import ClientDisconnected
 from streamchat.providers import build_chain
@@ -26,23 +27,13 @@ access_log = logging.getLogger("streamchat.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-class AlwaysLive:
-    """The live-model budget when none is configured: every request may use the model."""
-
-    def live_denied(self) -> str | None:
-        return None
-
-
 @dataclass
 class Service:
     """Everything a request needs, built once per process by ``create_app``."""
 
     settings: Settings
     relay: Relay
-    budget: Any
-
-    def health_extras(self) -> dict[str, Any]:
-        return {}
+    budget: protection.LiveBudget
 
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
@@ -56,13 +47,14 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     rules = RulesStore(settings.rules_path, on_reload=_log_rules_reload)
     rules.current()
     relay = Relay(build_chain(settings), rules, CircuitBreaker(settings.llm_cooldown), settings.fallback_word_delay)
-    app.extensions["streamchat"] = Service(settings=settings, relay=relay, budget=AlwaysLive())
+    app.extensions["streamchat"] = Service(settings=settings, relay=relay, budget=protection.LiveBudget(settings))
     log.info("providers: %s", ", ".join(f"{p.name}({p.model})" for p in relay.chain) or "none: rules only")
 
     from views import bp
 
     app.register_blueprint(bp)
     app.before_request(_start_request)
+    protection.init_app(app, settings)
     app.after_request(_finish_request)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ClientDisconnected, _client_gone)
@@ -97,8 +89,6 @@ def _start_request() -> None:
 
 def _finish_request(response):
     response.headers["X-Request-Id"] = g.get("request_id", "-")
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers.setdefault("Referrer-Policy", "same-origin")
     fields = {
         "request_id": g.get("request_id", "-"), "method": request.method, "path": request.path,
         "status": response.status_code,
@@ -149,6 +139,10 @@ def _http_error(error: HTTPException):
     message = error.description or error.name
     if error.code == 413:
         message = f"The request body is larger than {current_settings().chat_max_body_bytes} bytes."
+    elif error.code == 429:
+        wait = protection.retry_after_seconds()
+        code, headers["Retry-After"] = "rate_limited", str(wait)
+        message = f"Too many requests ({error.description}). Try again in {wait} seconds."
     return _error(error.code or 500, code, message, headers)
 
 

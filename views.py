@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request, stream_with_context
 
+from protection import chat_rate_limit, limiter, storage_health
 from streamchat.disconnect import watch_client
 from streamchat.validation import InvalidRequest, Limits, parse_chat_request
 
@@ -28,6 +29,7 @@ def index():
 
 
 @bp.post("/api/chat")
+@limiter.limit(chat_rate_limit, methods=["POST"])
 def chat():
     """Stream the assistant's reply to the conversation in the request body."""
     svc = service()
@@ -63,8 +65,8 @@ def healthz():
         "rules": {"path": rules.path, "loaded": rules.current() is not None,
                   "error": [str(p) for p in rules.error.problems] if rules.error else None},
     }
-    body.update(svc.health_extras())
-    if rules.error or body.get("rate_limit", {}).get("error"):
+    body["rate_limit"] = storage_health()
+    if rules.error or not body["rate_limit"]["healthy"]:
         body["status"] = "degraded"
     return jsonify(body)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +50,7 @@ class Gunicorn:
         self._log_file = log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--no-control-socket", "wsgi:app"],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -74,6 +75,13 @@ class Gunicorn:
                 self.process.wait()
         if getattr(self, "_log_file", None):
             self._log_file.close()
+
+    def kill(self) -> None:
+        """Kill the master and its workers at once, as a crash or a lost machine would."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.stop()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -1,0 +1,126 @@
+"""Keep the service cheap and fair: rate limits, the live-model budget, client identity, CORS, headers.
+
+- ``limiter`` (flask-limiter) holds the hard per-client limit on ``POST /api/chat``
+  (``CHAT_RATE_LIMIT``); over it the client gets a 429 with ``Retry-After``.
+  Counts live in ``RATELIMIT_STORAGE_URI``: ``memory://`` counts per worker
+  process, ``redis://`` shares one count across workers and machines. If Redis
+  is unreachable, counting falls back to memory (fail-soft) and ``/healthz``
+  says so: the chat keeps answering.
+- ``LiveBudget`` is softer: past ``LLM_BUDGET_PER_CLIENT`` or ``LLM_BUDGET_GLOBAL``
+  the rules answer instead of the model (``X-Terminal-Reason: budget``).
+- The client is the peer address, or with ``TRUSTED_PROXIES=N`` the address N
+  proxies back in ``X-Forwarded-For`` (werkzeug's ``ProxyFix``), so a client
+  cannot reset its count by sending its own header.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from flask import Flask, current_app, request
+from flask_limiter import Limiter
+from limits import parse_many
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from streamchat.config import Settings
+
+log = logging.getLogger("streamchat")
+
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+EXPOSED_HEADERS = ("X-Terminal-Mode, X-Terminal-Reason, X-Terminal-Provider, X-Terminal-Model, X-Request-Id, "
+                   "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset")
+
+
+def client_id() -> str:
+    """Return who the client is: the peer address, as corrected by ProxyFix for trusted proxies."""
+    return request.remote_addr or "unknown"
+
+
+limiter = Limiter(key_func=client_id, headers_enabled=True, swallow_errors=True, in_memory_fallback_enabled=True)
+
+
+def chat_rate_limit() -> str:
+    return current_app.extensions["streamchat"].settings.chat_rate_limit or "1000000/second"
+
+
+class LiveBudget:
+    """Count live-model replies per client and overall; past a budget, say why live is denied."""
+
+    def __init__(self, settings: Settings):
+        self.per_client = parse_many(settings.llm_budget_per_client) if settings.llm_budget_per_client else []
+        self.overall = parse_many(settings.llm_budget_global) if settings.llm_budget_global else []
+
+    def live_denied(self) -> str | None:
+        """Spend one unit of every budget, returning "budget" if one is exhausted (None otherwise)."""
+        if not (self.per_client or self.overall):
+            return None
+        try:
+            strategy = limiter.limiter  # the shared storage, or memory while it is down
+            who = client_id()
+            allowed = all([strategy.hit(item, "budget", "client", who) for item in self.per_client] +
+                          [strategy.hit(item, "budget", "global") for item in self.overall])
+        except Exception as exc:  # the budget must never break the chat: spend freely and say so
+            log.warning("live budget unavailable, not enforced: %s", exc)
+            return None
+        return None if allowed else "budget"
+
+
+def storage_health() -> dict:
+    """Report whether the rate-limit storage answers (never its password)."""
+    settings = current_app.extensions["streamchat"].settings
+    uri = settings.ratelimit_storage_uri
+    shown = uri.split("@")[-1] if "@" in uri else uri
+    try:
+        healthy = bool(limiter.storage.check())
+    except Exception:
+        healthy = False
+    info = {"storage": shown, "shared": not uri.startswith("memory://"), "healthy": healthy}
+    if not healthy:
+        info["error"] = "rate-limit storage unreachable: counting in memory per worker until it is back"
+    return info
+
+
+def retry_after_seconds() -> int:
+    """Return the seconds until the breached limit resets, for the 429 answer."""
+    current = limiter.current_limit
+    if current is None:
+        return 60
+    return max(1, math.ceil(current.reset_at - time.time()))
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Bind the limiter, trust the configured proxies, and add CORS and security headers."""
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
+    app.config["RATELIMIT_STORAGE_URI"] = settings.ratelimit_storage_uri
+    if settings.ratelimit_storage_uri.startswith(("redis://", "rediss://")):
+        # Fail fast when Redis is down, so a request waits half a second at most.
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+    limiter.init_app(app)
+
+    origins = set(settings.cors_origins)
+
+    @app.after_request
+    def add_headers(response):
+        headers = response.headers
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers.setdefault("Referrer-Policy", "same-origin")
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        if response.mimetype == "text/html":
+            headers["Content-Security-Policy"] = PAGE_CSP
+        else:
+            headers.setdefault("Content-Security-Policy", API_CSP)
+        origin = request.headers.get("Origin")
+        if origin and request.path.startswith("/api/") and (origin in origins or "*" in origins):
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+            if request.method == "OPTIONS":
+                headers["Access-Control-Allow-Methods"] = "POST"
+                headers["Access-Control-Allow-Headers"] = "Content-Type"
+                headers["Access-Control-Max-Age"] = "600"
+        headers.add("Vary", "Origin")
+        return response

@@ -1,0 +1,333 @@
+// The chat page: sends the conversation to POST /api/chat and shows the reply as it streams.
+// No dependencies and no build step. Model text is only ever inserted as text, never as HTML.
+"use strict";
+
+(() => {
+  const STORAGE_KEY = "streamchat.thread.v1";
+  const CUT_SHORT_MARK = "\n\n[Reply cut short:"; // the server ends a broken stream with this notice
+  const MAX_HISTORY = 40; // messages sent back to the server (its limit is CHAT_MAX_MESSAGES)
+
+  const $ = (id) => document.getElementById(id);
+  const threadEl = $("thread");
+  const emptyEl = $("empty");
+  const form = $("composer");
+  const input = $("input");
+  const sendButton = $("send");
+  const stopButton = $("stop");
+  const statusEl = $("status");
+  const errorEl = $("error");
+  const errorText = $("error-text");
+  const retryButton = $("retry");
+  const modeBadge = $("mode");
+  const template = $("message-template");
+
+  let thread = loadThread(); // [{role, content, meta}]
+  let controller = null; // the AbortController of the reply in progress
+  let followStream = true; // false once the user scrolls up during a reply
+
+  // -- storage ---------------------------------------------------------------------------
+
+  function loadThread() {
+    try {
+      const saved = JSON.parse(localStorage.getItem(STORAGE_KEY) || "[]");
+      return Array.isArray(saved) ? saved.filter((m) => m && typeof m.content === "string") : [];
+    } catch (_) {
+      return [];
+    }
+  }
+
+  function saveThread() {
+    try {
+      localStorage.setItem(STORAGE_KEY, JSON.stringify(thread));
+    } catch (_) {
+      // Private browsing or a full quota: the chat still works, it just won't survive a reload.
+    }
+  }
+
+  // -- rendering -------------------------------------------------------------------------
+
+  // Split text on ``` fences: even parts are prose, odd parts code (first line = language).
+  function renderContent(container, text) {
+    container.replaceChildren();
+    text.split("```").forEach((part, index) => {
+      if (index % 2 === 0) {
+        if (part) {
+          const prose = document.createElement("p");
+          prose.className = "prose";
+          prose.textContent = part.replace(/^\n+|\n+$/g, "");
+          if (prose.textContent) container.append(prose);
+        }
+        return;
+      }
+      const newline = part.indexOf("\n");
+      const language = newline > 0 ? part.slice(0, newline).trim() : "";
+      const pre = document.createElement("pre");
+      const code = document.createElement("code");
+      code.textContent = newline >= 0 ? part.slice(newline + 1).replace(/\n$/, "") : part;
+      if (language) pre.dataset.language = language;
+      pre.append(code);
+      container.append(pre);
+    });
+  }
+
+  function renderTag(view, message) {
+    const tag = view.querySelector(".tag");
+    const meta = message.meta || {};
+    const notes = [];
+    if (meta.mode === "fallback") notes.push("Offline mode");
+    else if (meta.model) notes.push(meta.model);
+    if (meta.cutShort) notes.push("cut short");
+    if (meta.stopped) notes.push("stopped");
+    if (meta.interrupted) notes.push("connection lost");
+    tag.hidden = notes.length === 0;
+    tag.textContent = notes.join(" · ");
+    tag.classList.toggle("offline", meta.mode === "fallback");
+    tag.classList.toggle("warn", Boolean(meta.cutShort || meta.stopped || meta.interrupted));
+    if (meta.mode === "fallback" && meta.reason) tag.title = `Offline reason: ${meta.reason}`;
+  }
+
+  function addView(message) {
+    const view = template.content.firstElementChild.cloneNode(true);
+    view.classList.add(message.role);
+    view.querySelector(".who").textContent = message.role === "user" ? "You" : "Assistant";
+    renderContent(view.querySelector(".content"), message.content);
+    renderTag(view, message);
+    emptyEl.hidden = true;
+    threadEl.append(view);
+    return view;
+  }
+
+  function renderThread() {
+    threadEl.querySelectorAll(".message").forEach((el) => el.remove());
+    thread.forEach(addView);
+    emptyEl.hidden = thread.length > 0;
+    scrollToEnd(true);
+  }
+
+  function scrollToEnd(force) {
+    if (force || followStream) threadEl.scrollTop = threadEl.scrollHeight;
+  }
+
+  threadEl.addEventListener("scroll", () => {
+    const distance = threadEl.scrollHeight - threadEl.scrollTop - threadEl.clientHeight;
+    followStream = distance < 40;
+  });
+
+  function showMode(meta) {
+    modeBadge.hidden = false;
+    if (meta.mode === "fallback") {
+      modeBadge.textContent = "Offline mode";
+      modeBadge.className = "badge offline";
+      modeBadge.title = "The AI model is unavailable; answers come from prepared replies.";
+    } else {
+      modeBadge.textContent = meta.model ? `Live · ${meta.model}` : "Live";
+      modeBadge.className = "badge live";
+      modeBadge.title = "";
+    }
+  }
+
+  function setStatus(text) {
+    statusEl.textContent = text;
+  }
+
+  function showError(text, retryText) {
+    errorText.textContent = text;
+    errorEl.hidden = false;
+    retryButton.hidden = retryText === undefined;
+    retryButton.onclick = retryText === undefined ? null : () => { hideError(); send(retryText); };
+  }
+
+  function hideError() {
+    errorEl.hidden = true;
+  }
+
+  function setStreaming(streaming) {
+    sendButton.hidden = streaming;
+    stopButton.hidden = !streaming;
+    input.setAttribute("aria-busy", String(streaming));
+    threadEl.setAttribute("aria-busy", String(streaming));
+  }
+
+  // -- talking to the server ---------------------------------------------------------------
+
+  function history() {
+    return thread
+      .filter((m) => m.content.trim() && !(m.meta && m.meta.failed))
+      .slice(-MAX_HISTORY)
+      .map((m) => ({ role: m.role, content: m.content }));
+  }
+
+  async function errorMessage(response) {
+    let message = `The server answered ${response.status}.`;
+    try {
+      const body = await response.json();
+      if (body && body.error && body.error.message) message = body.error.message;
+    } catch (_) { /* not JSON: keep the generic message */ }
+    if (response.status === 429) {
+      const wait = parseInt(response.headers.get("Retry-After") || "", 10);
+      message = Number.isFinite(wait)
+        ? `Too many messages. Please try again in ${wait} second${wait === 1 ? "" : "s"}.`
+        : "Too many messages. Please try again in a moment.";
+    }
+    return message;
+  }
+
+  function undoSend(text) {
+    // The message did not get through: take it out of the thread and give it back to the input.
+    thread = thread.slice(0, -1);
+    saveThread();
+    renderThread();
+    if (!input.value.trim()) input.value = text;
+    autosize();
+  }
+
+  async function send(text) {
+    if (controller || !text.trim()) return;
+    hideError();
+    const sentThread = thread; // "New chat" during the reply replaces it: then this reply is dropped
+    const userMessage = { role: "user", content: text };
+    thread.push(userMessage);
+    saveThread();
+    addView(userMessage);
+    input.value = "";
+    autosize();
+    followStream = true;
+    scrollToEnd(true);
+
+    controller = new AbortController();
+    setStreaming(true);
+    setStatus("Assistant is replying…");
+    let reply = null;
+    let view = null;
+    try {
+      const response = await fetch("/api/chat", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ messages: history() }),
+        signal: controller.signal,
+      });
+      if (!response.ok) {
+        undoSend(text);
+        showError(await errorMessage(response));
+        setStatus("");
+        return;
+      }
+      const meta = {
+        mode: response.headers.get("X-Terminal-Mode") || "live",
+        reason: response.headers.get("X-Terminal-Reason") || "",
+        model: response.headers.get("X-Terminal-Model") || "",
+      };
+      showMode(meta);
+      reply = { role: "assistant", content: "", meta };
+      thread.push(reply);
+      view = addView(reply);
+      view.classList.add("streaming");
+      const content = view.querySelector(".content");
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder("utf-8"); // stream mode: a character cut between chunks waits
+      let pending = false;
+      const paint = () => {
+        pending = false;
+        renderContent(content, reply.content);
+        scrollToEnd(false);
+      };
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        reply.content += decoder.decode(value, { stream: true });
+        if (!pending) {
+          pending = true;
+          requestAnimationFrame(paint);
+        }
+      }
+      reply.content += decoder.decode();
+      const cut = reply.content.lastIndexOf(CUT_SHORT_MARK);
+      if (cut >= 0) {
+        reply.content = reply.content.slice(0, cut);
+        meta.cutShort = true;
+      }
+      setStatus(meta.cutShort ? "The reply was cut short." : "");
+    } catch (error) {
+      const stopped = error && error.name === "AbortError";
+      if (thread !== sentThread) {
+        // The user started a new chat: nothing to report.
+      } else if (!reply) {
+        if (stopped) {
+          setStatus("Stopped.");
+          thread.push({ role: "assistant", content: "", meta: { stopped: true } });
+          addView(thread[thread.length - 1]);
+        } else {
+          undoSend(text);
+          showError("Could not reach the server. Check your connection.", text);
+          setStatus("");
+        }
+      } else if (stopped) {
+        reply.meta.stopped = true;
+        setStatus("Stopped.");
+      } else {
+        reply.meta.interrupted = true;
+        showError("The connection was lost during the reply.", text);
+        setStatus("");
+      }
+    } finally {
+      if (view && reply) {
+        view.classList.remove("streaming");
+        renderContent(view.querySelector(".content"), reply.content);
+        renderTag(view, reply);
+        scrollToEnd(false);
+      }
+      controller = null;
+      setStreaming(false);
+      if (thread === sentThread) saveThread();
+      input.focus();
+    }
+  }
+
+  function stop() {
+    if (controller) controller.abort();
+  }
+
+  // -- wiring ------------------------------------------------------------------------------
+
+  function autosize() {
+    input.style.height = "auto";
+    input.style.height = `${Math.min(input.scrollHeight, 200)}px`;
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!controller) send(input.value);
+  });
+
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      if (!controller) send(input.value);
+    }
+  });
+  input.addEventListener("input", autosize);
+
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && controller) {
+      event.preventDefault();
+      stop();
+    }
+  });
+  stopButton.addEventListener("click", stop);
+
+  $("new-chat").addEventListener("click", () => {
+    stop();
+    thread = [];
+    saveThread();
+    renderThread();
+    hideError();
+    setStatus("New chat started.");
+    modeBadge.hidden = true;
+    input.focus();
+  });
+
+  renderThread();
+  const last = [...thread].reverse().find((m) => m.role === "assistant" && m.meta && m.meta.mode);
+  if (last) showMode(last.meta);
+  input.focus();
+})();

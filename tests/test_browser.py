@@ -1,0 +1,189 @@
+"""The chat page in a real headless Chromium, against real gunicorn and the fake upstream."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import ARTIFACTS
+from servers import Gunicorn, eventually, request
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: ./run-tests installs it with apt-get")
+        pytest.skip(f"{CHROMIUM} is not installed (./run-tests installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """Open the chat page of a server; fails the test on any script error or CSP violation."""
+    contexts, problems = [], []
+
+    def open_(server, allowed=(), **context_options):
+        context = browser.new_context(**context_options)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+        page.on("console", lambda msg: msg.type == "error" and not any(a in msg.text for a in allowed)
+                and problems.append(f"console: {msg.text}"))
+        response = page.goto(server.url + "/")
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert problems == []
+
+
+def say(page, message, **fake):
+    page.fill("#input", message + (f"\nfake: {json.dumps(fake)}" if fake else ""))
+    page.press("#input", "Enter")
+
+
+def last_reply(page):
+    return page.locator(".message.assistant").last
+
+
+@pytest.fixture(scope="module")
+def offline(log_dir):
+    with Gunicorn(log_dir) as server:
+        yield server
+
+
+def test_text_appears_before_the_stream_ends_and_stop_closes_the_upstream(live, fake, open_page):
+    page = open_page(live)
+    say(page, "hi", text="alpha beta gamma delta", fault="stall_after", after=3, first_token_ms=0, id="b-stop")
+    reply = last_reply(page)
+    reply.locator(".content", has_text="alpha beta gamma").wait_for()
+    assert fake.find("b-stop").finished is None  # the upstream is still "generating"
+    assert "streaming" in reply.get_attribute("class")
+    assert page.is_visible("#stop") and not page.is_visible("#send")
+    page.click("#stop")
+    assert fake.wait_for(lambda: fake.find("b-stop").peer_closed), "stop must close the upstream connection"
+    reply.locator(".tag", has_text="stopped").wait_for()
+    assert reply.locator(".content").inner_text() == "alpha beta gamma "  # the partial reply stays
+    assert page.is_visible("#send")
+
+
+def test_escape_stops_a_reply(live, fake, open_page):
+    page = open_page(live)
+    say(page, "hi", text="one two three", fault="stall_after", after=1, first_token_ms=0, id="b-esc")
+    last_reply(page).locator(".content", has_text="one").wait_for()
+    page.keyboard.press("Escape")
+    assert fake.wait_for(lambda: fake.find("b-esc").peer_closed)
+    last_reply(page).locator(".tag", has_text="stopped").wait_for()
+
+
+def test_multibyte_text_arrives_intact(live, open_page):
+    text = "Grüße 👋🏽 你好世界 — naïve café 🚀"
+    page = open_page(live)
+    say(page, "hi", text=text, split=1, split_ms=1)  # every byte its own network read
+    page.wait_for_selector("#send:visible")
+    assert last_reply(page).locator(".content").inner_text() == text
+    assert last_reply(page).locator(".tag").inner_text() == "fake-gpt"
+
+
+def test_model_text_is_text_not_html_and_code_is_readable(live, open_page):
+    text = 'See <img src=x id=injected> here:\n```python\nprint("hi")\n```\nDone.'
+    page = open_page(live)
+    say(page, "hi", text=text)
+    page.wait_for_selector("#send:visible")
+    reply = last_reply(page)
+    assert page.locator("#injected").count() == 0
+    assert "<img src=x id=injected>" in reply.inner_text()
+    assert reply.locator("pre code").inner_text() == 'print("hi")'
+    assert reply.locator("pre").get_attribute("data-language") == "python"
+
+
+def test_cut_short_reply_is_labelled(live, open_page):
+    page = open_page(live)
+    say(page, "hi", text="one two three four", fault="drop_after", after=2, first_token_ms=0)
+    last_reply(page).locator(".tag", has_text="cut short").wait_for()
+    assert last_reply(page).locator(".content").inner_text() == "one two "
+
+
+def test_offline_badge(offline, open_page):
+    page = open_page(offline)
+    say(page, "hello")
+    page.wait_for_selector("#mode.offline")
+    assert page.inner_text("#mode") == "Offline mode"
+    assert "Offline mode" in last_reply(page).locator(".tag").inner_text()
+    assert "offline mode" in last_reply(page).locator(".content").inner_text()
+
+
+def test_rate_limited_message_keeps_the_input(log_dir, open_page):
+    with Gunicorn(log_dir, CHAT_RATE_LIMIT="1/minute") as server:
+        page = open_page(server, allowed=("429",))
+        say(page, "hello")
+        page.wait_for_selector("#send:visible")
+        say(page, "my second question")
+        page.wait_for_selector("#error:visible")
+        assert "try again in" in page.inner_text("#error-text").lower()
+        assert page.input_value("#input") == "my second question"  # nothing lost
+        assert page.locator(".message.user").count() == 1
+
+
+def test_network_failure_offers_retry(log_dir, open_page):
+    server = Gunicorn(log_dir).start()
+    page = open_page(server, allowed=("Failed to load resource", "net::ERR"))
+    server.kill()
+    say(page, "are you there?")
+    page.wait_for_selector("#retry:visible")
+    assert page.input_value("#input") == "are you there?"
+
+
+def test_thread_survives_reload_and_new_chat_clears_it(live, open_page):
+    page = open_page(live)
+    say(page, "first question", text="first answer")
+    page.wait_for_selector("#send:visible")
+    page.reload()
+    assert page.locator(".message.user .content").inner_text() == "first question\nfake: {\"text\": \"first answer\"}"
+    assert page.locator(".message.assistant .content").inner_text() == "first answer"
+    page.click("#new-chat")
+    assert page.locator(".message").count() == 0
+    page.reload()
+    assert page.locator(".message").count() == 0
+    assert page.evaluate("document.activeElement.id") == "input"
+
+
+def test_sends_the_whole_conversation(live, fake, open_page):
+    page = open_page(live)
+    say(page, "one", text="reply one")
+    page.wait_for_selector("#send:visible")
+    say(page, "two", text="reply two", id="b-history")
+    page.wait_for_selector("#send:visible")
+    roles = [m["role"] for m in fake.find("b-history").body["messages"]]
+    assert roles == ["user", "assistant", "user"]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("device, viewport", [("desktop", {"width": 1280, "height": 800}),
+                                              ("phone", {"width": 390, "height": 844})])
+def test_screenshots(offline, live, open_page, scheme, device, viewport):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = open_page(live, viewport=viewport, color_scheme=scheme)
+    say(page, "Show me some code", text="Here is a loop:\n```python\nfor i in range(3):\n    print(i)\n```\nThat prints 0 to 2.")
+    page.wait_for_selector("#send:visible")
+    say(page, "And a long answer", tokens=60)
+    page.wait_for_selector("#send:visible")
+    page.fill("#input", "A draft message")
+    path = ARTIFACTS / f"chat-{device}-{scheme}.png"
+    page.screenshot(path=str(path))
+    assert path.stat().st_size > 10_000
