@@ -71,6 +71,10 @@ def _configure_logging() -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    # flask-limiter warns here when its storage (Redis) is unreachable.
+    limiter_log = logging.getLogger("flask-limiter")
+    limiter_log.addHandler(handler)
+    limiter_log.propagate = False
     log._configured = True  # type: ignore[attr-defined]
 
 

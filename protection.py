@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 from flask import Flask, current_app, request
@@ -85,11 +84,11 @@ def storage_health() -> dict:
 
 
 def retry_after_seconds() -> int:
-    """Return the seconds until the breached limit resets, for the 429 answer."""
+    """Return the seconds until the breached limit resets, rounded as flask-limiter's Retry-After header is."""
     current = limiter.current_limit
     if current is None:
         return 60
-    return max(1, math.ceil(current.reset_at - time.time()))
+    return max(1, int(current.reset_at - time.time()))
 
 
 def init_app(app: Flask, settings: Settings) -> None:

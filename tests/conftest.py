@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -71,3 +72,51 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, with no persistence."""
+
+    def __init__(self, tmp_path):
+        import shutil
+        import subprocess
+
+        from servers import free_port
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("CI"):
+                pytest.fail("redis-server is missing: ./run-tests installs it with apt-get")
+            pytest.skip("redis-server is not installed (./run-tests installs it)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        from servers import eventually
+
+        def answers():
+            try:
+                return client.ping()
+            except redis.exceptions.ConnectionError:
+                return False
+
+        if not eventually(answers, 10):
+            self.stop()
+            raise RuntimeError("redis-server did not start")
+        client.close()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()

@@ -1,0 +1,125 @@
+"""Rate limits, the live-model budget, client identity, CORS and headers, on real gunicorn and Redis."""
+
+import json
+
+import pytest
+
+from servers import Gunicorn, chat_body, eventually, request
+
+
+def chat(server, headers=None, **fake):
+    status, response_headers, body = request(server.url, "POST", "/api/chat", chat_body("hi", **fake), headers)
+    return status, response_headers, body
+
+
+def statuses(server, count, headers=None):
+    return [chat(server, headers)[0] for _ in range(count)]
+
+
+def test_over_the_limit_is_a_429_with_retry_after_and_json(log_dir):
+    with Gunicorn(log_dir, CHAT_RATE_LIMIT="2/minute") as server:
+        first = chat(server)
+        assert first[0] == 200
+        assert first[1]["X-RateLimit-Limit"] == "2" and first[1]["X-RateLimit-Remaining"] == "1"
+        assert chat(server)[0] == 200
+        status, headers, body = chat(server)
+        assert status == 429
+        wait = int(headers["Retry-After"])
+        assert 0 < wait <= 60
+        error = json.loads(body)["error"]
+        assert error["code"] == "rate_limited" and f"{wait} seconds" in error["message"]
+        assert headers["Content-Type"] == "application/json"
+        # The health check, the page and its static files are never limited.
+        for path in ["/healthz", "/", "/static/chat.js", "/static/chat.css"] * 3:
+            assert request(server.url, "GET", path)[0] == 200
+
+
+@pytest.mark.redis
+def test_redis_shares_one_count_across_processes_and_memory_does_not(log_dir, redis_server):
+    # Two gunicorn masters stand for two machines (or workers) behind one load balancer.
+    shared = {"CHAT_RATE_LIMIT": "3/minute", "RATELIMIT_STORAGE_URI": redis_server.url}
+    with Gunicorn(log_dir, **shared) as a, Gunicorn(log_dir, **shared) as b:
+        assert statuses(a, 2) + statuses(b, 1) == [200, 200, 200]
+        assert statuses(b, 1) + statuses(a, 1) == [429, 429]
+        health = json.loads(request(a.url, "GET", "/healthz")[2])
+        assert health["rate_limit"] == {"storage": redis_server.url, "shared": True, "healthy": True}
+    apart = {"CHAT_RATE_LIMIT": "3/minute"}
+    with Gunicorn(log_dir, **apart) as a, Gunicorn(log_dir, **apart) as b:
+        assert statuses(a, 3) + statuses(b, 3) == [200] * 6  # memory:// counts per process
+        assert statuses(a, 1) == [429]
+
+
+@pytest.mark.redis
+def test_two_workers_of_one_server_share_the_redis_count(log_dir, redis_server):
+    with Gunicorn(log_dir, workers=2, CHAT_RATE_LIMIT="5/minute", RATELIMIT_STORAGE_URI=redis_server.url) as server:
+        assert statuses(server, 7) == [200] * 5 + [429] * 2
+
+
+@pytest.mark.redis
+def test_redis_going_away_keeps_the_service_answering(log_dir, redis_server):
+    with Gunicorn(log_dir, CHAT_RATE_LIMIT="100/minute", RATELIMIT_STORAGE_URI=redis_server.url) as server:
+        assert statuses(server, 2) == [200, 200]
+        redis_server.stop()
+        assert statuses(server, 3) == [200, 200, 200]
+        status, _, body = request(server.url, "GET", "/healthz")
+        health = json.loads(body)
+        assert status == 200 and health["status"] == "degraded"
+        assert health["rate_limit"]["healthy"] is False and "unreachable" in health["rate_limit"]["error"]
+        assert eventually(lambda: "storage unreachable - falling back to in-memory" in server.log())
+
+
+def test_spoofed_forwarded_for_does_not_reset_the_count(log_dir):
+    with Gunicorn(log_dir, CHAT_RATE_LIMIT="2/minute") as server:
+        got = [chat(server, {"X-Forwarded-For": f"203.0.113.{n}"})[0] for n in range(3)]
+        assert got == [200, 200, 429]
+
+
+def test_trusted_proxy_identifies_clients_by_forwarded_for(log_dir):
+    with Gunicorn(log_dir, CHAT_RATE_LIMIT="2/minute", TRUSTED_PROXIES="1") as server:
+        # Heroku's router appends the real peer: the last address is the client.
+        alice = {"X-Forwarded-For": "198.51.100.7"}
+        bob = {"X-Forwarded-For": "1.2.3.4, 198.51.100.8"}  # a client-sent first entry is ignored
+        assert [chat(server, alice)[0] for _ in range(3)] == [200, 200, 429]
+        assert [chat(server, bob)[0] for _ in range(2)] == [200, 200]
+        bob_spoofing = {"X-Forwarded-For": "9.9.9.9, 198.51.100.8"}
+        assert chat(server, bob_spoofing)[0] == 429
+
+
+def test_budget_turns_live_answers_into_fallback(log_dir, fake):
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", LLM_BUDGET_PER_CLIENT="2/minute",
+                  LLM_BUDGET_GLOBAL="1000/day") as server:
+        modes = []
+        for n in range(3):
+            status, headers, body = chat(server, text="live text", id=f"budget{n}")
+            modes.append((status, headers["X-Terminal-Mode"], headers.get("X-Terminal-Reason")))
+        assert modes == [(200, "live", None), (200, "live", None), (200, "fallback", "budget")]
+        assert fake.find("budget2") is None  # the model was not called
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", LLM_BUDGET_GLOBAL="1/minute",
+                  TRUSTED_PROXIES="1") as server:
+        first = chat(server, {"X-Forwarded-For": "198.51.100.1"})[1]["X-Terminal-Mode"]
+        second = chat(server, {"X-Forwarded-For": "198.51.100.2"})[1]
+        assert (first, second["X-Terminal-Mode"], second["X-Terminal-Reason"]) == ("live", "fallback", "budget")
+
+
+def test_cors_is_closed_by_default_and_opens_to_configured_origins(log_dir):
+    origin = {"Origin": "https://shop.example"}
+    with Gunicorn(log_dir) as server:
+        assert "Access-Control-Allow-Origin" not in chat(server, origin)[1]
+    with Gunicorn(log_dir, CORS_ORIGINS="https://shop.example") as server:
+        headers = chat(server, origin)[1]
+        assert headers["Access-Control-Allow-Origin"] == "https://shop.example"
+        assert "X-Terminal-Mode" in headers["Access-Control-Expose-Headers"]
+        status, preflight, _ = request(server.url, "OPTIONS", "/api/chat", headers={
+            **origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+        assert status == 200 and preflight["Access-Control-Allow-Methods"] == "POST"
+        assert "Access-Control-Allow-Origin" not in chat(server, {"Origin": "https://evil.example"})[1]
+
+
+def test_security_headers_on_every_response(live):
+    for method, path, body in [("GET", "/", None), ("GET", "/healthz", None), ("GET", "/static/chat.js", None),
+                               ("POST", "/api/chat", chat_body("hi")), ("POST", "/api/chat", {"bad": 1}),
+                               ("GET", "/nope", None)]:
+        status, headers, _ = request(live.url, method, path, body)
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        assert headers["Referrer-Policy"] == "same-origin", path
+        assert "default-src 'none'" in headers["Content-Security-Policy"], path
