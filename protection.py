@@ -43,7 +43,11 @@ limiter = Limiter(key_func=client_id, headers_enabled=True, swallow_errors=True,
 
 
 def chat_rate_limit() -> str:
-    return current_app.extensions["streamchat"].settings.chat_rate_limit or "1000000/second"
+    return current_app.extensions["streamchat"].settings.chat_rate_limit or "1/second"
+
+
+def rate_limit_off() -> bool:
+    return not current_app.extensions["streamchat"].settings.chat_rate_limit
 
 
 class LiveBudget:

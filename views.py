@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request, stream_with_context
 
-from protection import chat_rate_limit, limiter, storage_health
+from protection import chat_rate_limit, limiter, rate_limit_off, storage_health
 from streamchat.disconnect import watch_client
 from streamchat.validation import InvalidRequest, Limits, parse_chat_request
 
@@ -29,7 +29,7 @@ def index():
 
 
 @bp.post("/api/chat")
-@limiter.limit(chat_rate_limit, methods=["POST"])
+@limiter.limit(chat_rate_limit, methods=["POST"], exempt_when=rate_limit_off)
 def chat():
     """Stream the assistant's reply to the conversation in the request body."""
     svc = service()
@@ -62,6 +62,7 @@ def healthz():
         "status": "ok",
         "providers": [{"name": p.name, "model": p.model, "base_url": p.base_url} for p in svc.relay.chain],
         "cooling_down": svc.relay.breaker.state(),
+        "open_streams": svc.relay.open_streams.count,
         "rules": {"path": rules.path, "loaded": rules.current() is not None,
                   "error": [str(p) for p in rules.error.problems] if rules.error else None},
     }

@@ -92,13 +92,14 @@ def _limit_string(raw: str) -> str:
     # Parsed for real by flask-limiter; here we only reject the obvious typos early.
     from limits import parse_many
 
-    if raw.strip():
-        parse_many(raw)
+    if raw.strip().lower() == "off":
+        return ""
+    parse_many(raw)
     return raw.strip()
 
 
 def _budget(raw: str) -> str:
-    return _limit_string(raw)
+    return _limit_string(raw) if raw else ""
 
 
 def _origins(raw: str) -> tuple[str, ...]:
@@ -152,7 +153,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RULES_PATH", _text, "rules.yaml", "The keyword rules used when no model answers."),
     Setting("FALLBACK_WORD_DELAY", _non_negative_seconds, "0",
             "Optional typing pace for fallback replies, seconds per word group (0 = as fast as possible)."),
-    Setting("CHAT_RATE_LIMIT", _limit_string, "20/minute;300/day", "Hard per-client limit on `/api/chat`."),
+    Setting("CHAT_RATE_LIMIT", _limit_string, "20/minute;300/day",
+            "Hard per-client limit on `/api/chat` (`off` disables it, e.g. behind a gateway that limits)."),
     Setting("RATELIMIT_STORAGE_URI", _text, "memory://",
             "`memory://` counts per worker process; `redis://host:6379` shares counts across workers and machines."),
     Setting("LLM_BUDGET_PER_CLIENT", _budget, "",

@@ -92,11 +92,13 @@ class Reply:
     first: str
     rest: Iterator[str]
     watch: ClientWatch
+    gauge: "OpenStreams"
 
     def body(self) -> Iterator[bytes]:
         """Yield the reply as UTF-8 chunks; always close the upstream, however the stream ends."""
         stats = self.stats
         rest = self.rest
+        self.gauge.count += 1
         try:
             chunk = self.first.encode()
             stats.first_byte_at = time.perf_counter()
@@ -115,10 +117,17 @@ class Reply:
         except (ClientDisconnected, GeneratorExit):
             stats.ended = "client_gone"
         finally:
+            self.gauge.count -= 1
             self.watch.stop()
             close = getattr(rest, "close", None)
             if close is not None:
                 close()
+
+
+class OpenStreams:
+    """How many reply bodies are streaming now in this process (for /healthz and leak checks)."""
+
+    count = 0
 
 
 class Relay:
@@ -126,6 +135,7 @@ class Relay:
 
     def __init__(self, chain: list[Provider], rules: RulesStore, breaker: CircuitBreaker,
                  fallback_delay: float = 0.0):
+        self.open_streams = OpenStreams()
         self.chain = chain
         self.rules = rules
         self.breaker = breaker
@@ -155,13 +165,13 @@ class Relay:
                 continue
             self.breaker.record(provider.name, None)
             stats.provider, stats.model = provider.name, provider.model
-            return Reply(stats, first, stream, watch)
+            return Reply(stats, first, stream, watch, self.open_streams)
         # The first failure is the one the site owner configured first: report that one.
         reason = reasons[0] if reasons else live_denied or "no_provider"
         stats.mode, stats.reason, stats.provider = "fallback", reason, "rules"
         stats.rule, text = self.rules.reply(messages)
         pieces = word_groups(text, FALLBACK_WORDS_PER_CHUNK, self.fallback_delay)
-        return Reply(stats, next(pieces, ""), pieces, watch)
+        return Reply(stats, next(pieces, ""), pieces, watch, self.open_streams)
 
 
 def word_groups(text: str, size: int, delay: float = 0.0) -> Iterator[str]:

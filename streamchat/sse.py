@@ -51,22 +51,32 @@ class SSEDecoder:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if self._tail:
             chunk = self._tail + chunk
-        lines = chunk.split(b"\n")
-        self._tail = lines.pop()
-        if lines and not self._started:
+        if not self._started:
+            if b"\n" not in chunk:
+                self._tail = chunk
+                return []
             self._started = True
-            lines[0] = lines[0].removeprefix(b"\xef\xbb\xbf")  # the BOM may span two reads
+            chunk = chunk.removeprefix(b"\xef\xbb\xbf")  # the BOM may span two reads
+        # Split at blank lines first: most events are one "data: ..." line, taken whole.
+        blocks = chunk.split(b"\n\n")
+        self._tail = blocks.pop()
         events: list[ServerSentEvent] = []
-        for line in lines:
-            self._line(line, events)
+        for block in blocks:
+            if block[:6] == b"data: " and b"\n" not in block and not self._data and not self._event:
+                events.append(ServerSentEvent("message", block[6:].decode("utf-8", "replace"), self._id))
+                continue
+            for line in block.split(b"\n"):
+                self._line(line, events)
+            self._line(b"", events)
         return events
 
     def finish(self) -> list[ServerSentEvent]:
         """Return the last event of a stream that ended without its blank line."""
         events: list[ServerSentEvent] = []
-        if self._tail:
-            self._line(self._tail if self._started else self._tail.removeprefix(b"\xef\xbb\xbf"), events)
-            self._tail = b""
+        tail = self._tail if self._started else self._tail.removeprefix(b"\xef\xbb\xbf")
+        self._tail = b""
+        for line in tail.split(b"\n") if tail else ():
+            self._line(line, events)
         self._line(b"", events)
         return events
 

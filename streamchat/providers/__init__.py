@@ -25,7 +25,7 @@ def build_chain(settings: Settings) -> list[Provider]:
             base_url=getattr(settings, f"{prefix}_base_url"),
             api_key=getattr(settings, f"{prefix}_api_key"),
             # One pooled session per provider: connections are reused across requests.
-            session=new_session(settings.llm_pool_size),
+            session=new_session(settings.llm_pool_size, getattr(settings, f"{prefix}_base_url")),
             timeouts=timeouts,
             max_tokens=settings.llm_max_tokens,
             temperature=settings.llm_temperature,

@@ -29,6 +29,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from ..chunked import ChunkedDecoder, ChunkedFramingError
 from ..sse import ServerSentEvent, SSEDecoder
 
 READ_SIZE = 65536
@@ -49,12 +50,20 @@ class Timeouts:
     max_duration: float
 
 
-def new_session(pool_size: int) -> requests.Session:
-    """Return a session that keeps up to ``pool_size`` connections per host open for reuse."""
+def new_session(pool_size: int, base_url: str | None = None) -> requests.Session:
+    """Return a session that keeps up to ``pool_size`` connections per host open for reuse.
+
+    With ``base_url``, the proxy settings of the environment (``HTTPS_PROXY``,
+    ``NO_PROXY``...) are resolved for it once here instead of on every request:
+    ``requests`` would otherwise re-read them, and ``~/.netrc``, per call.
+    """
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+    if base_url is not None:
+        session.proxies = requests.utils.get_environ_proxies(base_url)
+        session.trust_env = False
     return session
 
 
@@ -65,6 +74,8 @@ def translate_errors(provider: str) -> Iterator[None]:
         yield
     except ProviderError:
         raise
+    except ChunkedFramingError as exc:
+        raise BadStream(f"broken chunked framing: {exc}", provider=provider) from exc
     except (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError) as exc:
         raise UpstreamTimeout(f"connect timed out: {exc}", provider=provider) from exc
     except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as exc:
@@ -115,6 +126,51 @@ def _error_message(body: bytes) -> str:
         return str(error)[:300]
     except (ValueError, AttributeError, RecursionError):
         return body[:200].decode("utf-8", "replace").strip()
+
+
+class ChunkedBody:
+    """Read a chunked body straight from the connection's buffered socket, one network read at a time.
+
+    ``urllib3`` and ``http.client`` would cost a trip through several layers for
+    every HTTP chunk, and streams send one chunk per event; here one read decodes
+    every chunk it holds. At the end the connection goes back to the pool.
+    """
+
+    def __init__(self, response: requests.Response, fp: Any):
+        self.response = response
+        self.fp = fp
+        self.decoder = ChunkedDecoder()
+
+    @classmethod
+    def of(cls, response: requests.Response) -> "ChunkedBody | None":
+        """Return a reader for ``response``, or None when it is not a plain chunked body we can read."""
+        raw_response = getattr(response.raw, "_fp", None)  # http.client.HTTPResponse
+        fp = getattr(raw_response, "fp", None)
+        if (fp is None or not getattr(raw_response, "chunked", False) or raw_response.chunk_left is not None
+                or response.headers.get("content-encoding", "identity").lower() != "identity"):
+            return None
+        return cls(response, fp)
+
+    def read(self) -> bytes:
+        """Return the next payload bytes; b"" once the last chunk has been read."""
+        decoder = self.decoder
+        while not decoder.done:
+            data = self.fp.read1(READ_SIZE)
+            if not data:
+                raise UpstreamUnreachable("the upstream closed the connection in the middle of the body")
+            payload = decoder.feed(data)
+            if decoder.done:
+                self._release()
+            if payload:
+                return payload
+        return b""
+
+    def _release(self) -> None:
+        # Tell http.client the body is over, then hand the connection back to urllib3's pool.
+        raw_response = self.response.raw._fp
+        raw_response.chunk_left = None
+        raw_response._close_conn()
+        self.response.raw.release_conn()
 
 
 def _socket_of(response: requests.Response) -> socket.socket | None:
@@ -192,7 +248,8 @@ class Provider:
         first_text_deadline = started + timeouts.first_token
         end = started + timeouts.max_duration
         sock = _socket_of(response)
-        read = response.raw.read1
+        body = ChunkedBody.of(response)
+        read = body.read if body is not None else lambda: response.raw.read1(READ_SIZE)
         decoder = SSEDecoder()
         seen_text = False
         ended = False
@@ -206,7 +263,7 @@ class Provider:
                 raise UpstreamTimeout(f"{self.name} reached the {what}", provider=self.name)
             if sock is not None:
                 sock.settimeout(timeout)
-            chunk = read(READ_SIZE)
+            chunk = read()
             if chunk:
                 events = decoder.feed(chunk)
                 if not events:
@@ -218,7 +275,7 @@ class Provider:
                 seen_text = True
                 yield text  # every delta of this read in one write
             if saw_end:
-                self._drain(response, sock)
+                self._drain(read, sock)
                 ended = True
         if not seen_text:
             raise BadStream(f"{self.name} stream ended before any text", provider=self.name)
@@ -236,12 +293,12 @@ class Provider:
                 pieces.append(text)
         return "".join(pieces), False
 
-    def _drain(self, response: requests.Response, sock: socket.socket | None) -> None:
+    def _drain(self, read, sock: socket.socket | None) -> None:
         # Read the few bytes after the end marker so the connection returns to the pool.
         with contextlib.suppress(Exception):
             if sock is not None:
                 sock.settimeout(min(1.0, self.timeouts.idle))
-            while response.raw.read1(READ_SIZE):
+            while read():
                 pass
 
     def _json_reply(self, response: requests.Response) -> str:

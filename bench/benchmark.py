@@ -1,0 +1,398 @@
+"""The streaming benchmark: the service under load, compared with the fake upstream reached directly.
+
+Run it with ``bench/run`` (``--quick`` for a smoke run). It starts the fake
+upstream and gunicorn (one gevent worker) on loopback, drives both with the
+asynchronous load generator in ``bench/loadgen.py``, and writes
+``BENCHMARKS.md`` and ``bench/results.json``. Every figure of the service is
+also given against the same load sent straight to the fake upstream in the
+same run: on a shared 2-core machine absolute times are noise, ratios are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from fake_upstream import Wire, sse_event, tokens_of  # noqa: E402
+from loadgen import build_request, concurrent_streams, looping_clients  # noqa: E402
+
+HOST = "127.0.0.1"
+TICKS = os.sysconf("SC_CLK_TCK")
+UPSTREAM = {"first_token_ms": 200, "interval_ms": 20, "tokens": 100}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+class Process:
+    """A child process in its own group, with CPU and memory read from /proc."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.log = open(log, "wb")
+        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self.log.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def worker_pid(master: int) -> int:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise RuntimeError("no gunicorn worker")
+
+
+class Service:
+    """gunicorn with one gevent worker, as the Procfile runs it."""
+
+    def __init__(self, logs: Path, **env: str):
+        self.port = free_port()
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
+        environment.update(ENV_FILE="", HOST=HOST, PORT=str(self.port), WEB_CONCURRENCY="1",
+                           CHAT_RATE_LIMIT="off", WORKER_CONNECTIONS="5000", GUNICORN_LOG_LEVEL="warning",
+                           LLM_FIRST_TOKEN_TIMEOUT="10", LLM_IDLE_TIMEOUT="10", **env)
+        self.process = Process([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
+                                "--no-control-socket", "wsgi:app"], environment, logs / f"service-{self.port}.log")
+        wait_http(f"http://{HOST}:{self.port}/healthz")
+        self.worker = worker_pid(self.process.popen.pid)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.worker)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def percentile(values, q):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    index = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[index]
+
+
+def ms(value):
+    return None if value is None else round(value * 1000, 2)
+
+
+def ratio(a, b):
+    return None if not a or not b else round(a / b, 3)
+
+
+def message(fake: dict) -> dict:
+    return {"messages": [{"role": "user", "content": "bench\nfake: " + json.dumps(fake)}]}
+
+
+class Bench:
+    def __init__(self, logs: Path, quick: bool):
+        self.logs = logs
+        self.quick = quick
+        self.fake_port = free_port()
+        env = dict(os.environ)
+        self.fake = Process([sys.executable, "fake_upstream.py", "--port", str(self.fake_port),
+                             "--first-token-ms", "200", "--interval-ms", "20", "--tokens", "100"], env,
+                            logs / "fake.log")
+        wait_http(f"http://{HOST}:{self.fake_port}/_fake/stats")
+        self.results: dict = {}
+
+    def close(self) -> None:
+        self.fake.stop()
+
+    # -- request builders -----------------------------------------------------------------------
+
+    def via_service(self, service: Service, **fake):
+        def make(n):
+            tag = f"{fake.get('id', 's')}-{n}"
+            return tag, build_request(HOST, service.port, "/api/chat", message({**fake, "id": tag}))
+        return make
+
+    def direct(self, **fake):
+        def make(n):
+            tag = f"{fake.get('id', 'd')}-{n}"
+            body = {"model": "bench", "stream": True, **message({**fake, "id": tag})}
+            return tag, build_request(HOST, self.fake_port, "/v1/chat/completions", body)
+        return make
+
+    def run(self, coroutine):
+        return asyncio.run(coroutine)
+
+    # -- scenarios ------------------------------------------------------------------------------
+
+    def one_client(self) -> dict:
+        count = 10 if self.quick else 50
+        service = Service(self.logs, OPENAI_BASE_URL=f"http://{HOST}:{self.fake_port}/v1")
+        try:
+            direct, proxied = [], []
+            for n in range(count):  # alternate, so drift on the machine hits both alike
+                direct += self.run(concurrent_streams(HOST, self.fake_port, self.direct(id="1d"), 1, direct=True,
+                                                      ramp=0, deadline=time.perf_counter() + 30))
+                proxied += self.run(concurrent_streams(HOST, service.port, self.via_service(service, id="1p"), 1,
+                                                       direct=False, ramp=0, deadline=time.perf_counter() + 30))
+        finally:
+            service.stop()
+        figures = {"requests": count, "errors": sum(not r.ok for r in proxied)}
+        for name, key in (("ttfb", "ttfb"), ("completion", "total")):
+            for q in (50, 99):
+                d = percentile([getattr(r, key) for r in direct], q)
+                p = percentile([getattr(r, key) for r in proxied], q)
+                figures[f"{name}_p{q}_direct_ms"] = ms(d)
+                figures[f"{name}_p{q}_service_ms"] = ms(p)
+                figures[f"{name}_p{q}_added_ms"] = ms(p - d) if p is not None and d is not None else None
+                figures[f"{name}_p{q}_ratio"] = ratio(p, d)
+        return figures
+
+    def concurrent(self, count: int) -> dict:
+        deadline_seconds = 60
+        direct = self.run(concurrent_streams(HOST, self.fake_port, self.direct(id=f"c{count}d"), count, direct=True,
+                                             ramp=1.0, deadline=time.perf_counter() + deadline_seconds))
+        service = Service(self.logs, OPENAI_BASE_URL=f"http://{HOST}:{self.fake_port}/v1")
+        try:
+            cpu_before = service.cpu()
+            proxied = self.run(concurrent_streams(HOST, service.port, self.via_service(service, id=f"c{count}p"),
+                                                  count, direct=False, ramp=1.0,
+                                                  deadline=time.perf_counter() + deadline_seconds))
+            cpu = service.cpu() - cpu_before
+            rss = peak_rss_mb(service.worker)
+        finally:
+            service.stop()
+        chunks = sum(r.chunks for r in proxied)
+        figures = {"streams": count, "completed": sum(r.ok for r in proxied),
+                   "errors": sum(not r.ok for r in proxied), "direct_completed": sum(r.ok for r in direct),
+                   "modes": sorted({r.mode for r in proxied}), "chunks_forwarded": chunks,
+                   "service_cpu_s": round(cpu, 2), "cpu_us_per_chunk": round(cpu / chunks * 1e6, 1) if chunks else None,
+                   "peak_rss_mb": round(rss, 1)}
+        for q in (50, 99):
+            d = percentile([r.ttfb for r in direct], q)
+            p = percentile([r.ttfb for r in proxied], q)
+            figures.update({f"ttfb_p{q}_direct_ms": ms(d), f"ttfb_p{q}_service_ms": ms(p), f"ttfb_p{q}_ratio": ratio(p, d)})
+        d_gap = percentile([r.max_gap for r in direct], 99)
+        p_gap = percentile([r.max_gap for r in proxied], 99)
+        figures.update({"largest_gap_p99_direct_ms": ms(d_gap), "largest_gap_p99_service_ms": ms(p_gap),
+                        "largest_gap_p99_ratio": ratio(p_gap, d_gap)})
+        errors = [r.error for r in proxied if r.error][:3]
+        if errors:
+            figures["sample_errors"] = errors
+        return figures
+
+    def bursts(self) -> dict:
+        clients, seconds, tokens = 20, (3 if self.quick else 10), 1000
+        fake = {"tokens": tokens, "interval_ms": 0, "first_token_ms": 0}
+        token_list = tokens_of({"tokens": tokens})
+        text_bytes = len("".join(token_list).encode())
+        wire = Wire("openai", "bench")
+        sse_bytes = sum(len(sse_event(*wire.token(t))) for t in token_list)
+        direct = self.run(looping_clients(HOST, self.fake_port, self.direct(id="bd", **fake), clients, direct=True,
+                                          seconds=seconds))
+        service = Service(self.logs, OPENAI_BASE_URL=f"http://{HOST}:{self.fake_port}/v1")
+        try:
+            cpu_before = service.cpu()
+            started = time.perf_counter()
+            proxied = self.run(looping_clients(HOST, service.port, self.via_service(service, id="bp", **fake),
+                                               clients, direct=False, seconds=seconds))
+            elapsed = time.perf_counter() - started
+            cpu = service.cpu() - cpu_before
+        finally:
+            service.stop()
+        delivered = sum(r.payload_bytes for r in proxied) / (text_bytes / tokens)
+        # The direct stream also carries the preamble and ending events: count token events only.
+        direct_tokens = sum(r.payload_bytes for r in direct) / (sse_bytes / tokens)
+        figures = {"clients": clients, "seconds": seconds, "requests": len(proxied),
+                   "errors": sum(not r.ok for r in proxied),
+                   "tokens_per_s": round(delivered / elapsed), "direct_tokens_per_s": round(direct_tokens / seconds),
+                   "cpu_ms_per_1000_tokens": round(cpu / delivered * 1e6, 2) if delivered else None}
+        for q in (50, 99):
+            figures[f"ttfb_p{q}_service_ms"] = ms(percentile([r.ttfb for r in proxied], q))
+            figures[f"ttfb_p{q}_direct_ms"] = ms(percentile([r.ttfb for r in direct], q))
+        return figures
+
+    def fallback(self) -> dict:
+        count = 200
+        service = Service(self.logs)  # no provider: the rules answer
+        try:
+            cpu_before = service.cpu()
+            proxied = self.run(concurrent_streams(HOST, service.port, self.via_service(service, id="fb"), count,
+                                                  direct=False, ramp=1.0, deadline=time.perf_counter() + 60))
+            cpu = service.cpu() - cpu_before
+            rss = peak_rss_mb(service.worker)
+        finally:
+            service.stop()
+        chunks = sum(r.chunks for r in proxied)
+        return {"streams": count, "completed": sum(r.ok for r in proxied), "errors": sum(not r.ok for r in proxied),
+                "modes": sorted({r.mode for r in proxied}),
+                "ttfb_p50_ms": ms(percentile([r.ttfb for r in proxied], 50)),
+                "ttfb_p99_ms": ms(percentile([r.ttfb for r in proxied], 99)),
+                "completion_p99_ms": ms(percentile([r.total for r in proxied], 99)),
+                "cpu_us_per_chunk": round(cpu / chunks * 1e6, 1) if chunks else None, "peak_rss_mb": round(rss, 1)}
+
+    def aborts(self) -> dict:
+        count = 200
+        service = Service(self.logs, OPENAI_BASE_URL=f"http://{HOST}:{self.fake_port}/v1")
+        try:
+            generating = self.via_service(service, id="ag")
+            silent = self.via_service(service, id="as", fault="stall_after", after=1)
+
+            def make(n):
+                return (silent if n % 2 else generating)(n)
+
+            # Generating streams hang up after 5 chunks, silent ones after their only token.
+            results = self.run(concurrent_streams(HOST, service.port, make, count, direct=False, ramp=1.0,
+                                                  deadline=time.perf_counter() + 60,
+                                                  abort_after=lambda n: 1 if n % 2 else 5))
+            closes = {}
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                closes = get_json(f"http://{HOST}:{self.fake_port}/_fake/stats")["closes"]
+                if all(r.tag in closes for r in results if r.closed_at):
+                    break
+                time.sleep(0.1)
+            health = {}
+            while time.monotonic() < deadline:
+                health = get_json(f"http://{HOST}:{service.port}/healthz")
+                if health["open_streams"] == 0:
+                    break
+                time.sleep(0.1)
+            stats = get_json(f"http://{HOST}:{self.fake_port}/_fake/stats")
+        finally:
+            service.stop()
+        figures = {"streams": count, "hung_up": sum(1 for r in results if r.closed_at)}
+        for kind, prefix in (("generating", "ag-"), ("silent", "as-")):
+            lags = [closes[r.tag] - r.closed_at for r in results if r.closed_at and r.tag.startswith(prefix)
+                    and r.tag in closes]
+            missing = sum(1 for r in results if r.closed_at and r.tag.startswith(prefix) and r.tag not in closes)
+            figures.update({f"{kind}_close_p50_ms": ms(percentile(lags, 50)),
+                            f"{kind}_close_p99_ms": ms(percentile(lags, 99)), f"{kind}_never_closed": missing})
+        figures["open_streams_after"] = health.get("open_streams")
+        figures["upstream_requests_still_open"] = stats["open"]
+        return figures
+
+
+TARGETS = [
+    ("one_client", "ttfb_p50_added_ms", "<=", 1.0, "one client: added TTFB p50 ≤ 1 ms"),
+    ("streams_200", "ttfb_p99_ratio", "<=", 1.05, "200 streams: TTFB p99 ≤ 1.05 × direct"),
+    ("streams_1000", "completed", ">=", 1000, "1,000 streams: all complete"),
+    ("streams_1000", "ttfb_p99_ratio", "<=", 2.0, "1,000 streams: TTFB p99 ≤ 2 × direct"),
+    ("streams_1000", "cpu_us_per_chunk", "<=", 20.0, "1,000 streams: ≤ 20 µs CPU per chunk"),
+    ("streams_1000", "peak_rss_mb", "<=", 60.0, "1,000 streams: peak RSS ≤ 60 MB"),
+    ("bursts", "tokens_per_s", ">=", 250000, "bursts: ≥ 250,000 tokens/s"),
+    ("bursts", "ttfb_p99_service_ms", "<=", 50.0, "bursts: TTFB p99 ≤ 50 ms"),
+    ("aborts", "generating_close_p99_ms", "<=", 50.0, "aborts: upstream closed ≤ 50 ms p99 (generating)"),
+    ("aborts", "silent_close_p99_ms", "<=", 50.0, "aborts: upstream closed ≤ 50 ms p99 (silent)"),
+]
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    lines = ["# Benchmarks", "",
+             f"Run {meta['date']} on {meta['machine']} ({meta['cores']} cores), Python {meta['python']}, "
+             + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", "",
+             "One gunicorn gevent worker; the fake upstream and the load generator on the same machine, all on "
+             "loopback. The upstream sends its first token after 200 ms, then 100 tokens 20 ms apart, unless "
+             "stated. *Direct* is the same load sent straight to the fake upstream in the same run. "
+             "Regenerate with `bench/run`.", "", "## Targets", "", "| Target | Measured | Met |", "|---|---|---|"]
+    for scenario, key, op, limit, label in TARGETS:
+        value = results.get(scenario, {}).get(key)
+        met = value is not None and (value <= limit if op == "<=" else value >= limit)
+        lines.append(f"| {label} | {value} | {'yes' if met else '**no**'} |")
+    for scenario, figures in results.items():
+        if scenario == "meta":
+            continue
+        lines += ["", f"## {scenario.replace('_', ' ')}", "", "| Figure | Value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in figures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
+    parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
+                                       "fallback,aborts")
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args()
+    logs = ROOT / "bench" / "logs"
+    logs.mkdir(exist_ok=True)
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.machine())
+    results: dict = {"meta": {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": cpu_model, "cores": os.cpu_count(), "python": platform.python_version(),
+        "versions": {name: metadata.version(name) for name in ("gunicorn", "gevent", "flask", "requests")},
+        "quick": args.quick}}
+    bench = Bench(logs, args.quick)
+    scenarios = {"one_client": bench.one_client, "streams_200": lambda: bench.concurrent(200),
+                 "streams_1000": lambda: bench.concurrent(1000), "bursts": bench.bursts,
+                 "fallback": bench.fallback, "aborts": bench.aborts}
+    chosen = args.only.split(",") if args.only else list(scenarios)
+    try:
+        for name in chosen:
+            started = time.monotonic()
+            print(f"{name}...", file=sys.stderr, flush=True)
+            results[name] = scenarios[name]()
+            print(f"  {json.dumps(results[name])} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+    finally:
+        bench.close()
+    out = Path(args.out)
+    out.write_text(markdown(results))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
