@@ -42,7 +42,7 @@ def log_dir(tmp_path_factory):
 def live(fake, log_dir):
     """gunicorn (one gevent worker) answering from the fake upstream as an OpenAI-compatible server."""
     with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", OPENAI_MODEL="fake-gpt",
-                  LLM_CONNECT_TIMEOUT="1", LLM_FIRST_TOKEN_TIMEOUT="1.5", LLM_IDLE_TIMEOUT="1",
+                  LLM_CONNECT_TIMEOUT="1", LLM_FIRST_TOKEN_TIMEOUT="3", LLM_IDLE_TIMEOUT="2",
                   LLM_MAX_DURATION="20", LLM_COOLDOWN="0") as server:
         yield server
 
@@ -51,7 +51,7 @@ def live(fake, log_dir):
 def live_anthropic(fake, log_dir):
     """gunicorn answering from the fake upstream as the Anthropic Messages API."""
     with Gunicorn(log_dir, ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=fake.url, ANTHROPIC_MODEL="fake-claude",
-                  LLM_CONNECT_TIMEOUT="1", LLM_FIRST_TOKEN_TIMEOUT="1.5", LLM_IDLE_TIMEOUT="1",
+                  LLM_CONNECT_TIMEOUT="1", LLM_FIRST_TOKEN_TIMEOUT="3", LLM_IDLE_TIMEOUT="2",
                   LLM_COOLDOWN="0") as server:
         yield server
 

@@ -18,7 +18,7 @@ from streamchat.rules import RulesStore, load_rules
 RULES = load_rules(str(REPO / "rules.yaml"))
 GREETINGS = set(next(r for r in RULES.rules if r.name == "greeting").replies)
 # The `live` fixture's deadlines (tests/conftest.py).
-CONNECT, FIRST_TOKEN, IDLE = 1.0, 1.5, 1.0
+CONNECT, FIRST_TOKEN, IDLE = 1.0, 3.0, 2.0
 
 
 def assert_fallback(status, headers, body, reason):

@@ -24,13 +24,18 @@ def test_first_chunk_arrives_while_the_upstream_is_still_generating(live, fake):
     # The upstream sends three tokens and then stays silent: the client must already have all three.
     conn, response = open_stream(live, chat_body("hi", text="one two three four", fault="stall_after",
                                                  after=3, first_token_ms=0, id="order"))
-    received = b""
-    while received != b"one two three ":
-        received += response.read1(65536)
-        assert b"one two three ".startswith(received)
-    record = fake.find("order")
-    assert record.finished is None and record.tokens_sent == 3
-    conn.close()
+    try:
+        assert response.headers["X-Terminal-Mode"] == "live"
+        received = b""
+        while received != b"one two three ":
+            piece = response.read1(65536)
+            assert piece, "the stream ended early"
+            received += piece
+            assert b"one two three ".startswith(received)
+        record = fake.find("order")
+        assert record.finished is None and record.tokens_sent == 3
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("text", [
@@ -170,3 +175,18 @@ def test_healthz_names_providers_never_keys(live_anthropic):
     assert status == 200 and health["status"] == "ok"
     assert [p["name"] for p in health["providers"]] == ["anthropic"]
     assert "test-key" not in body.decode()
+
+
+def test_client_leaving_before_the_first_token_closes_the_upstream(live, fake):
+    # The model is still "thinking" (first token far beyond the deadline) when the client hangs up:
+    # the wait ends at once with 499 instead of running into the first-token deadline and a fallback.
+    host, port = live.url.removeprefix("http://").split(":")
+    payload = json.dumps(chat_body("hi", id="early-leave", first_token_ms=60000)).encode()
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                 b"X-Request-Id: early-leave\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+    assert fake.wait_for(lambda: fake.find("early-leave"))
+    sock.close()
+    assert fake.wait_for(lambda: fake.find("early-leave").peer_closed)
+    line = eventually(lambda: next((l for l in live.access_lines() if "request_id=early-leave" in l), None))
+    assert "status=499" in line
