@@ -151,7 +151,6 @@ def _http_error(error: HTTPException):
 
 
 def _client_gone(error: ClientDisconnected):
-    g.stats_note = "client_gone"
     return _error(499, "client_closed_request", "The client closed the connection.")
 
 

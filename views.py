@@ -57,13 +57,13 @@ def healthz():
     """Report whether the service is up and which providers and rules it uses (never a key)."""
     svc = service()
     rules = svc.relay.rules
-    rules.current()
+    loaded = rules.current() is not None  # also picks up an edit made since the last request
     body = {
         "status": "ok",
         "providers": [{"name": p.name, "model": p.model, "base_url": p.base_url} for p in svc.relay.chain],
         "cooling_down": svc.relay.breaker.state(),
         "open_streams": svc.relay.open_streams.count,
-        "rules": {"path": rules.path, "loaded": rules.current() is not None,
+        "rules": {"path": rules.path, "loaded": loaded,
                   "error": [str(p) for p in rules.error.problems] if rules.error else None},
     }
     body["rate_limit"] = storage_health()

@@ -136,10 +136,13 @@ class ChunkedBody:
     every chunk it holds. At the end the connection goes back to the pool.
     """
 
-    def __init__(self, response: requests.Response, fp: Any):
+    def __init__(self, response: requests.Response, fp: Any, sock: socket.socket | None):
         self.response = response
-        self.fp = fp
         self.decoder = ChunkedDecoder()
+        # First the bytes http.client buffered while parsing the headers (read1 of more than the
+        # buffer's size returns them all), then the socket itself, one layer closer to the network.
+        self._read = fp.read1
+        self._recv = sock.recv if sock is not None else fp.read1
 
     @classmethod
     def of(cls, response: requests.Response) -> "ChunkedBody | None":
@@ -149,13 +152,14 @@ class ChunkedBody:
         if (fp is None or not getattr(raw_response, "chunked", False) or raw_response.chunk_left is not None
                 or response.headers.get("content-encoding", "identity").lower() != "identity"):
             return None
-        return cls(response, fp)
+        return cls(response, fp, _socket_of(response))
 
     def read(self) -> bytes:
         """Return the next payload bytes; b"" once the last chunk has been read."""
         decoder = self.decoder
         while not decoder.done:
-            data = self.fp.read1(READ_SIZE)
+            data = self._read(READ_SIZE)
+            self._read = self._recv
             if not data:
                 raise UpstreamUnreachable("the upstream closed the connection in the middle of the body")
             payload = decoder.feed(data)
