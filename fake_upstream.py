@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import re
 import threading
@@ -162,6 +163,13 @@ def sse_event(name: str, data: Any, newline: str = "\n") -> bytes:
 
 def http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@functools.lru_cache(maxsize=64)
+def burst_bytes(protocol: str, model: str, tokens: tuple[str, ...], newline: str) -> bytes:
+    """Every token as its own chunked SSE event, serialized once: the benchmark's bursts repeat."""
+    wire = Wire(protocol, model)
+    return b"".join(http_chunk(sse_event(*wire.token(token), newline)) for token in tokens)
 
 
 class FakeUpstream:
@@ -426,10 +434,10 @@ class _Reply:
             return self._end()
         interval = self.params["interval_ms"]
         if interval <= 0:  # a burst: every token in one write
-            events = [sse_event(*self.wire.token(t), self.newline) for t in self.tokens[self.index:]]
-            self.record.tokens_sent += len(events)
+            rest = tuple(self.tokens[self.index:])
+            self.record.tokens_sent += len(rest)
             self.index = len(self.tokens)
-            self.conn.transport.write(b"".join(http_chunk(e) for e in events))
+            self.conn.transport.write(burst_bytes(self.wire.protocol, self.wire.model, rest, self.newline))
             return self._end()
         if self.index < len(self.tokens):
             self._write(sse_event(*self.wire.token(self.tokens[self.index]), self.newline))

@@ -162,6 +162,10 @@ class ChunkedBody:
             self._read = self._recv
             if not data:
                 raise UpstreamUnreachable("the upstream closed the connection in the middle of the body")
+            if len(data) == READ_SIZE:
+                # A full read means more is waiting: this stream would never block, and under
+                # gevent never let the others run. Yield (time.sleep is gevent's once patched).
+                time.sleep(0)
             payload = decoder.feed(data)
             if decoder.done:
                 self._release()
