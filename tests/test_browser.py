@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import ARTIFACTS
-from servers import Gunicorn, eventually, request
+from servers import Gunicorn
 
 pytestmark = pytest.mark.browser
 

@@ -148,7 +148,7 @@ def test_client_disconnect_closes_the_upstream(live, fake, silent):
     record = fake.wait_for(lambda: (r := fake.find(tag)) and r.peer_closed and r)
     assert record, "the upstream connection was not closed after the client went away"
     assert record.finished is None
-    assert eventually(lambda: any(f"ended=client_gone" in line for line in live.access_lines()))
+    assert eventually(lambda: any("ended=client_gone" in line for line in live.access_lines()))
 
 
 def test_upstream_connections_are_reused(live, fake):
