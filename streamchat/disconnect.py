@@ -2,11 +2,12 @@
 
 A WSGI app normally learns of a disconnect only when a write fails, which
 never happens while the model is still thinking. Under gevent we can do
-better: a tiny greenlet waits until the client socket becomes readable; the
-request body has been read, so readable means the peer closed (``recv``
-peeks ``b""``) or reset. It then raises ``ClientDisconnected`` in the
-request's greenlet, wherever that is blocked, and the body generator's
-``finally`` closes the upstream response at once.
+better: an io watcher on the client socket fires when it becomes readable;
+the request body has been read, so readable means the peer closed (``recv``
+peeks ``b""``) or reset. The watcher's callback, running in gevent's hub,
+raises ``ClientDisconnected`` in the request's greenlet wherever that is
+blocked, and the body generator's ``finally`` closes the upstream response.
+A bare watcher costs no greenlet of its own per request.
 
 Outside gevent (tests with Flask's client, the dev server) it does nothing.
 """
@@ -25,39 +26,36 @@ class ClientWatch:
     """Watch one client socket until ``stop()``; started by ``watch_client()``."""
 
     def __init__(self, sock: Any = None):
-        self.active = sock is not None
-        self._greenlet = None
-        if self.active:
-            import gevent
+        self._watcher = None
+        if sock is None:
+            return
+        import gevent
 
-            self._target = gevent.getcurrent()
-            self._hub = gevent.get_hub()
-            self._greenlet = gevent.spawn(self._watch, sock)
+        # The callback runs in the hub, where gevent's own recv must not wait: peek with the OS socket.
+        self._raw = getattr(sock, "_sock", sock)
+        self._target = gevent.getcurrent()
+        self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
+        self._watcher.start(self._readable)
 
-    def _watch(self, sock: Any) -> None:
-        from gevent.socket import wait_read
-
+    def _readable(self) -> None:
         try:
-            wait_read(sock.fileno())
-            gone = not sock.recv(1, socket.MSG_PEEK)
+            gone = not self._raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return  # a spurious wake-up: keep watching
         except OSError:
             gone = True
-        if gone:
-            self._greenlet = None
-            # Throw from the hub, as gevent.kill does, never from this greenlet.
-            self._hub.loop.run_callback(self._interrupt)
-
-    def _interrupt(self) -> None:
-        if self.active and not self._target.dead:
-            self.active = False
+        if not gone:
+            self.stop()  # the client sent more (a pipelined request): nothing to watch for
+        elif self._watcher is not None and not self._target.dead:
+            self.stop()
             self._target.throw(ClientDisconnected())
 
     def stop(self) -> None:
         """Stop watching; call when the reply is complete."""
-        self.active = False
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+            self._watcher = None
 
 
 def watch_client(environ: dict[str, Any]) -> ClientWatch:
