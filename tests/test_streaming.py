@@ -190,3 +190,14 @@ def test_client_leaving_before_the_first_token_closes_the_upstream(live, fake):
     assert fake.wait_for(lambda: fake.find("early-leave").peer_closed)
     line = eventually(lambda: next((l for l in live.access_lines() if "request_id=early-leave" in l), None))
     assert "status=499" in line
+
+
+def test_env_file_is_honoured_and_the_environment_wins(log_dir, fake, tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"OPENAI_BASE_URL={fake.url}/v1\nOPENAI_MODEL=from-dotenv\nLLM_MAX_TOKENS=7\n")
+    from servers import Gunicorn
+
+    with Gunicorn(log_dir, ENV_FILE=str(env_file), LLM_MAX_TOKENS="9") as server:
+        status, headers, _ = request(server.url, "POST", "/api/chat", chat_body("hi", id="dotenv"))
+        assert (status, headers["X-Terminal-Mode"], headers["X-Terminal-Model"]) == (200, "live", "from-dotenv")
+        assert fake.find("dotenv").body["max_tokens"] == 9  # a real environment variable beats .env
