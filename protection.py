@@ -42,12 +42,16 @@ def client_id() -> str:
 limiter = Limiter(key_func=client_id, headers_enabled=True, swallow_errors=True, in_memory_fallback_enabled=True)
 
 
+def _settings() -> Settings:
+    return current_app.extensions["streamchat"].settings
+
+
 def chat_rate_limit() -> str:
-    return current_app.extensions["streamchat"].settings.chat_rate_limit or "1/second"
+    return _settings().chat_rate_limit or "1/second"  # unused when rate_limit_off()
 
 
 def rate_limit_off() -> bool:
-    return not current_app.extensions["streamchat"].settings.chat_rate_limit
+    return not _settings().chat_rate_limit
 
 
 class LiveBudget:
@@ -74,8 +78,7 @@ class LiveBudget:
 
 def storage_health() -> dict:
     """Report whether the rate-limit storage answers (never its password)."""
-    settings = current_app.extensions["streamchat"].settings
-    uri = settings.ratelimit_storage_uri
+    uri = _settings().ratelimit_storage_uri
     shown = uri.split("@")[-1] if "@" in uri else uri
     try:
         healthy = bool(limiter.storage.check())

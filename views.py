@@ -39,8 +39,7 @@ def chat():
     g.user_text = messages[-1]["content"]
     watch = watch_client(request.environ)
     reply = svc.relay.open(messages, watch, live_denied=svc.budget.live_denied())
-    g.stats = reply.stats
-    stats = reply.stats
+    g.stats = stats = reply.stats  # the access log reads it when the stream closes
     response = Response(stream_with_context(reply.body()), content_type="text/plain; charset=utf-8",
                         headers=STREAM_HEADERS)
     response.headers["X-Terminal-Mode"] = stats.mode
