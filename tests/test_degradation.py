@@ -105,7 +105,7 @@ def test_dns_failure(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
     provider = OpenAIChat(model="m", base_url="http://llm.example.invalid/v1", api_key="k",
-                          session=new_session(2), timeouts=Timeouts(1, 1, 1, 5), max_tokens=5,
+                          session=new_session(2, "http://llm.example.invalid/v1"), timeouts=Timeouts(1, 1, 1, 5), max_tokens=5,
                           temperature=None, system_prompt="")
     with pytest.raises(UpstreamUnreachable):
         next(provider.stream([{"role": "user", "content": "hi"}]))
