@@ -1,4 +1,4 @@
-"""The gevent socket reader: one watcher and one timer per stream, and the deadlines still hold.
+"""The gevent socket reader (one watcher and one timer per stream, and the deadlines still hold) and the pool check.
 
 gevent's own sockets work without monkey-patching, so these run in the test
 process on a real socket pair; the sender is a second greenlet.
@@ -106,3 +106,28 @@ def test_the_plain_reader_uses_the_socket_timeout():
     finally:
         ours.close()
         theirs.close()
+
+
+def test_the_pool_sees_whether_an_idle_connection_is_still_open(pair):
+    from streamchat.providers.pool import HTTPConnection
+
+    ours, theirs = pair
+    connection = HTTPConnection("127.0.0.1", 9)
+    connection.sock = ours
+    assert connection.is_connected
+    theirs.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")  # bytes on an idle connection: not reusable
+    assert not connection.is_connected
+    ours.recv(100)
+    assert connection.is_connected
+    theirs.close()
+    assert not connection.is_connected  # closed by the server
+    connection.sock = None
+
+
+def test_new_sessions_use_the_peeking_pools():
+    from streamchat.providers.base import new_session
+    from streamchat.providers.pool import HTTPConnectionPool
+
+    session = new_session(2, "http://127.0.0.1:9/v1")
+    pool = session.get_adapter("http://127.0.0.1:9/v1").poolmanager.connection_from_url("http://127.0.0.1:9/v1")
+    assert isinstance(pool, HTTPConnectionPool)

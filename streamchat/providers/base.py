@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..chunked import ChunkedDecoder, ChunkedFramingError
 from ..sse import ServerSentEvent, SSEDecoder
+from .pool import POOL_CLASSES
 from .socket_reader import socket_reader
 
 READ_SIZE = 65536
@@ -62,6 +63,7 @@ def new_session(pool_size: int, base_url: str) -> requests.Session:
     """
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    adapter.poolmanager.pool_classes_by_scheme = POOL_CLASSES
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.proxies = requests.utils.get_environ_proxies(base_url)
