@@ -217,6 +217,7 @@ class Bench:
         figures = {"streams": count, "completed": sum(r.ok for r in proxied),
                    "errors": sum(not r.ok for r in proxied), "direct_completed": sum(r.ok for r in direct),
                    "modes": sorted({r.mode for r in proxied}), "chunks_forwarded": chunks,
+                   "client_reads": sum(r.reads for r in proxied),
                    "service_cpu_s": round(cpu, 2), "cpu_us_per_chunk": round(cpu / chunks * 1e6, 1) if chunks else None,
                    "peak_rss_mb": round(rss, 1)}
         for q in (50, 99):

@@ -29,7 +29,8 @@ class StreamResult:
     first_byte: float | None = None  # first reply text (direct: first token event)
     ended: float | None = None
     payload_bytes: int = 0
-    chunks: int = 0
+    chunks: int = 0  # HTTP chunks of the body: what the server wrote, however the network grouped them
+    reads: int = 0  # reads that brought body bytes; fewer than chunks when this side fell behind
     max_gap: float = 0.0
     error: str = ""
     closed_at: float | None = None  # when we hung up on purpose (abort scenario), CLOCK_MONOTONIC
@@ -82,9 +83,10 @@ class _Stream(asyncio.Protocol):
         if not data:
             return
         self.body += data
-        payload, finished = self._decode_chunks()
+        payload, chunks, finished = self._decode_chunks()
+        result.chunks += chunks
         if payload:
-            result.chunks += 1
+            result.reads += 1
             result.payload_bytes += len(payload)
             if result.first_byte is None:
                 if not self.direct or FIRST_TOKEN.search(payload):
@@ -102,7 +104,7 @@ class _Stream(asyncio.Protocol):
             result.ended = now
             self.transport.abort()
 
-    def _decode_chunks(self) -> tuple[bytes, bool]:
+    def _decode_chunks(self) -> tuple[bytes, int, bool]:
         body, pieces, position = self.body, [], 0
         while True:
             line_end = body.find(b"\r\n", position)
@@ -111,13 +113,13 @@ class _Stream(asyncio.Protocol):
             size = int(body[position:line_end].split(b";")[0], 16)
             if size == 0:
                 self.body = b""
-                return b"".join(pieces), True
+                return b"".join(pieces), len(pieces), True
             if len(body) < line_end + 2 + size + 2:
                 break
             pieces.append(body[line_end + 2: line_end + 2 + size])
             position = line_end + 2 + size + 2
         self.body = body[position:]
-        return b"".join(pieces), False
+        return b"".join(pieces), len(pieces), False
 
     def connection_lost(self, exc):
         if self.result.ended is None and self.result.closed_at is None:
