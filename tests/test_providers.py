@@ -143,3 +143,20 @@ def test_error_for_status(status, error, reason):
     assert type(exc) is error and exc.reason == reason and "nope" in str(exc)
     if status == 429:
         assert exc.retry_after == 3
+
+
+@pytest.mark.parametrize("data", ['{"a":1}', ' {"a": [1, {"b": null}]} ', '{"a":1}\r\n', '"text"', "3.5", "[]"])
+def test_event_json_is_parsed_as_json_loads_would(data):
+    import json
+
+    from streamchat.providers.base import load_json_event
+
+    assert load_json_event("p", data) == json.loads(data)
+
+
+@pytest.mark.parametrize("data", ['{"a":1}x', '{"a":1}{"b":2}', "", "  ", '{"a":', "nul", "[" * 100000])
+def test_event_data_that_is_not_one_json_value_is_a_bad_stream(data):
+    from streamchat.providers.base import load_json_event
+
+    with pytest.raises(BadStream):
+        load_json_event("p", data)
