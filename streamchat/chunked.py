@@ -52,11 +52,7 @@ class ChunkedDecoder:
                 if size - position > 1024:
                     raise ChunkedFramingError("chunk size line too long")
                 break
-            size_field = buffer[position:line_end].split(b";", 1)[0].strip()
-            try:
-                chunk_size = int(size_field, 16)
-            except ValueError:
-                raise ChunkedFramingError(f"bad chunk size {size_field[:20]!r}") from None
+            chunk_size = _chunk_size(buffer[position:line_end])
             if chunk_size < 0:
                 raise ChunkedFramingError("negative chunk size")
             if chunk_size == 0:
@@ -67,9 +63,29 @@ class ChunkedDecoder:
                 self.done = True
                 position = end + 4
                 break
+            data_end = line_end + 2 + chunk_size
+            if data_end + 2 <= size:  # the whole chunk is here (the usual case): take it in one step
+                if buffer[data_end:data_end + 2] != b"\r\n":
+                    raise ChunkedFramingError("chunk data not followed by CRLF")
+                pieces.append(buffer[line_end + 2:data_end])
+                position = data_end + 2
+                continue
             position = line_end + 2
             self._remaining = chunk_size
         self._buffer = buffer[position:] if not self.done else b""
         if len(pieces) == 1:
             return pieces[0]
         return b"".join(pieces)
+
+
+def _chunk_size(line: bytes) -> int:
+    """Parse a chunk-size line; chunk extensions (``;name=value``) are ignored."""
+    try:
+        return int(line, 16)
+    except ValueError:
+        pass
+    field = line.split(b";", 1)[0].strip()
+    try:
+        return int(field, 16)
+    except ValueError:
+        raise ChunkedFramingError(f"bad chunk size {field[:20]!r}") from None

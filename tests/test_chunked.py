@@ -33,7 +33,8 @@ def test_without_trailers_and_unfinished():
     assert decode([b"3\r\nabc\r\n0\r\n"]) == (b"abc", False)
 
 
-@pytest.mark.parametrize("bad", [b"zz\r\nabc\r\n", b"3\r\nabcXY", b"-1\r\n", b"1" * 2000])
+@pytest.mark.parametrize("bad", [b"zz\r\nabc\r\n", b"zz;x=1\r\nabc\r\n", b"3\r\nabcXY", b"3\r\nabcXY0\r\n\r\n", b"-1\r\n",
+                                 b"1" * 2000])
 def test_bad_framing(bad):
     with pytest.raises(ChunkedFramingError):
         decode([bad])
