@@ -179,6 +179,7 @@ class ChunkedBody:
             if self._buffered is not None:
                 self._sock.settimeout(timeout)
                 data, self._buffered = self._buffered.read1(READ_SIZE), None
+                self.response.raw._fp._close_conn()  # free its read buffer: from here on we read the socket
             else:
                 data = self._reader.recv(READ_SIZE, timeout)
             if not data:
@@ -197,9 +198,7 @@ class ChunkedBody:
     def _release(self) -> None:
         # Tell http.client the body is over, then hand the connection back to urllib3's pool.
         self.close()
-        raw_response = self.response.raw._fp
-        raw_response.chunk_left = None
-        raw_response._close_conn()
+        self.response.raw._fp.chunk_left = None
         self.response.raw.release_conn()
 
 
