@@ -346,8 +346,9 @@ def markdown(results: dict) -> str:
              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", "",
              "One gunicorn gevent worker; the fake upstream and the load generator on the same machine, all on "
              "loopback. The upstream sends its first token after 200 ms, then 100 tokens 20 ms apart, unless "
-             "stated. *Direct* is the same load sent straight to the fake upstream in the same run. "
-             "Regenerate with `bench/run`.", "", "## Targets", "", "| Target | Measured | Met |", "|---|---|---|"]
+             "stated. *Direct* is the same load sent straight to the fake upstream in the same run. CPU per chunk "
+             "is the worker's CPU time over the HTTP chunks it wrote (`client_reads`: the reads that brought "
+             "them). Regenerate with `bench/run`.", "", "## Targets", "", "| Target | Measured | Met |", "|---|---|---|"]
     for scenario, key, op, limit, label in TARGETS:
         value = results.get(scenario, {}).get(key)
         met = value is not None and (value <= limit if op == "<=" else value >= limit)
