@@ -19,6 +19,13 @@ def pair():
     theirs.close()
 
 
+@pytest.fixture
+def reader(pair):
+    reader = GeventSocketReader(pair[0])
+    yield reader
+    reader.close()
+
+
 def test_a_gevent_socket_gets_the_gevent_reader(pair):
     ours, _ = pair
     reader = socket_reader(ours)
@@ -26,9 +33,8 @@ def test_a_gevent_socket_gets_the_gevent_reader(pair):
     reader.close()
 
 
-def test_reads_what_is_waiting_and_what_comes_later(pair):
-    ours, theirs = pair
-    reader = GeventSocketReader(ours)
+def test_reads_what_is_waiting_and_what_comes_later(pair, reader):
+    _, theirs = pair
     theirs.sendall(b"ready")
     assert reader.recv(100, 5) == b"ready"
     later = gevent.spawn_later(0.05, theirs.sendall, b"later")
@@ -36,56 +42,44 @@ def test_reads_what_is_waiting_and_what_comes_later(pair):
     later.get()
     theirs.close()
     assert reader.recv(100, 5) == b""  # end of stream
-    reader.close()
 
 
-def test_silence_past_the_timeout_raises_timeout_error(pair):
-    ours, _ = pair
-    reader = GeventSocketReader(ours)
+def test_silence_past_the_timeout_raises_timeout_error(reader):
     with pytest.raises(TimeoutError):
         reader.recv(100, 0.05)
-    reader.close()
 
 
-def test_a_deadline_that_moved_later_is_not_cut_short_by_the_old_timer(pair):
+def test_a_deadline_that_moved_later_is_not_cut_short_by_the_old_timer(pair, reader):
     # The first read arms the timer for its deadline; the second read's deadline is later, so the
     # timer fires in the middle of the second wait and must re-arm itself instead of raising.
-    ours, theirs = pair
-    reader = GeventSocketReader(ours)
+    _, theirs = pair
     gevent.spawn_later(0.05, theirs.sendall, b"one")
     assert reader.recv(100, 0.3) == b"one"
     sender = gevent.spawn_later(0.5, theirs.sendall, b"two")
     assert reader.recv(100, 3) == b"two"
     sender.get()
-    reader.close()
 
 
-def test_the_timer_firing_while_the_stream_is_busy_elsewhere_throws_nothing(pair):
-    ours, theirs = pair
-    reader = GeventSocketReader(ours)
+def test_the_timer_firing_while_the_stream_is_busy_elsewhere_throws_nothing(pair, reader):
+    _, theirs = pair
     theirs.sendall(b"x")
     assert reader.recv(100, 0.05) == b"x"
     gevent.sleep(0.1)  # the timer fires now, while nobody waits in recv()
     theirs.sendall(b"y")
     assert reader.recv(100, 5) == b"y"
-    reader.close()
 
 
-def test_an_earlier_deadline_rearms_the_timer(pair):
+def test_an_earlier_deadline_rearms_the_timer(pair, reader):
     # First a long deadline (the first-token wait), then a short one (the idle timeout after text).
-    ours, theirs = pair
-    reader = GeventSocketReader(ours)
+    _, theirs = pair
     theirs.sendall(b"first")
     assert reader.recv(100, 30) == b"first"
     with pytest.raises(TimeoutError):
         # Were the timer left at 30 s, gevent.Timeout would end this wait instead.
         gevent.with_timeout(5, reader.recv, 100, 0.05)
-    reader.close()
 
 
-def test_close_stops_the_watchers(pair):
-    ours, _ = pair
-    reader = GeventSocketReader(ours)
+def test_close_stops_the_watchers(reader):
     with pytest.raises(TimeoutError):
         reader.recv(100, 0.01)
     reader.close()
