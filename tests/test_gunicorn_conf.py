@@ -1,0 +1,25 @@
+"""The gunicorn settings the Procfile runs with."""
+
+import gc
+import runpy
+from pathlib import Path
+
+import pytest
+
+CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+
+
+@pytest.fixture
+def restore_gc():
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+def test_worker_keeps_start_up_objects_out_of_collections_and_collects_young_objects_less_often(restore_gc):
+    settings = runpy.run_path(str(CONF))
+    assert settings["worker_class"] == "gevent" and settings["preload_app"] is False
+    settings["post_worker_init"](worker=None)
+    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold()[0] == settings["GC_YOUNG_THRESHOLD"] > 700
