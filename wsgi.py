@@ -5,6 +5,11 @@ from gevent import monkey
 # Before anything imports socket, ssl or requests: a late patch leaves blocking sockets behind.
 monkey.patch_all()
 
+import gevent  # noqa: E402
+
+# IP addresses resolved without a trip through a thread (see streamchat/resolver.py); before first use.
+gevent.config.resolver = "streamchat.resolver.Resolver"
+
 import os  # noqa: E402
 
 from dotenv import load_dotenv  # noqa: E402
