@@ -5,10 +5,9 @@ from gevent import monkey
 # Before anything imports socket, ssl or requests: a late patch leaves blocking sockets behind.
 monkey.patch_all()
 
-import gevent  # noqa: E402
+from streamchat import resolver  # noqa: E402
 
-# IP addresses resolved without a trip through a thread (see streamchat/resolver.py); before first use.
-gevent.config.resolver = "streamchat.resolver.Resolver"
+resolver.install()  # IP addresses without a thread, one lookup per name (see its docstring)
 
 import os  # noqa: E402
 
