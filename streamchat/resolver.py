@@ -2,12 +2,11 @@
 
 gevent's default resolver runs every ``getaddrinfo`` in a pool thread so that a
 slow DNS server never blocks the other greenlets. A ramp of new conversations
-opens a new upstream connection per stream, and so a lookup per stream: the pool
-thread and the worker's main thread then hand the GIL to each other, each
-hand-over waiting up to the interpreter's switch interval (5 ms) while the main
-thread is busy serving streams, and the lookups queue for the pool's ten threads.
-In the benchmark that set the tail: 200 streams' TTFB p99 was 221 ms against 204
-with the lookups gone, 1,000 streams' 680 ms against 325.
+opens a new upstream connection per stream, and so a lookup per stream, each a
+hand-over of the GIL to a pool thread and back while the main thread is busy
+serving streams (and queued for the pool's ten threads). In the benchmark that
+set the tail: 200 streams' TTFB p99 was 221 ms against 204 with the lookups
+gone, 1,000 streams' 680 ms against 325.
 
 So this resolver:
 
