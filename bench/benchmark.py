@@ -214,11 +214,15 @@ class Bench:
         finally:
             service.stop()
         chunks = sum(r.chunks for r in proxied)
+        # The direct run receives exactly what the upstream sends the service for the same streams.
+        upstream_chunks = sum(r.chunks for r in direct)
         figures = {"streams": count, "completed": sum(r.ok for r in proxied),
                    "errors": sum(not r.ok for r in proxied), "direct_completed": sum(r.ok for r in direct),
-                   "modes": sorted({r.mode for r in proxied}), "chunks_forwarded": chunks,
-                   "client_reads": sum(r.reads for r in proxied),
-                   "service_cpu_s": round(cpu, 2), "cpu_us_per_chunk": round(cpu / chunks * 1e6, 1) if chunks else None,
+                   "modes": sorted({r.mode for r in proxied}), "upstream_chunks": upstream_chunks,
+                   "chunks_forwarded": chunks, "client_reads": sum(r.reads for r in proxied),
+                   "service_cpu_s": round(cpu, 2),
+                   "cpu_us_per_upstream_chunk": round(cpu / upstream_chunks * 1e6, 1) if upstream_chunks else None,
+                   "cpu_us_per_chunk": round(cpu / chunks * 1e6, 1) if chunks else None,
                    "peak_rss_mb": round(rss, 1)}
         for q in (50, 99):
             d = percentile([r.ttfb for r in direct], q)
@@ -330,7 +334,8 @@ TARGETS = [
     ("streams_200", "ttfb_p99_ratio", "<=", 1.05, "200 streams: TTFB p99 ≤ 1.05 × direct"),
     ("streams_1000", "completed", ">=", 1000, "1,000 streams: all complete"),
     ("streams_1000", "ttfb_p99_ratio", "<=", 2.0, "1,000 streams: TTFB p99 ≤ 2 × direct"),
-    ("streams_1000", "cpu_us_per_chunk", "<=", 20.0, "1,000 streams: ≤ 20 µs CPU per chunk"),
+    ("streams_1000", "cpu_us_per_upstream_chunk", "<=", 20.0, "1,000 streams: ≤ 20 µs CPU per upstream chunk"),
+    ("streams_1000", "cpu_us_per_chunk", "<=", 20.0, "1,000 streams: ≤ 20 µs CPU per written chunk"),
     ("streams_1000", "peak_rss_mb", "<=", 60.0, "1,000 streams: peak RSS ≤ 60 MB"),
     ("bursts", "tokens_per_s", ">=", 250000, "bursts: ≥ 250,000 tokens/s"),
     ("bursts", "ttfb_p99_service_ms", "<=", 50.0, "bursts: TTFB p99 ≤ 50 ms"),
@@ -346,9 +351,12 @@ def markdown(results: dict) -> str:
              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", "",
              "One gunicorn gevent worker; the fake upstream and the load generator on the same machine, all on "
              "loopback. The upstream sends its first token after 200 ms, then 100 tokens 20 ms apart, unless "
-             "stated. *Direct* is the same load sent straight to the fake upstream in the same run. CPU per chunk "
-             "is the worker's CPU time over the HTTP chunks it wrote (`client_reads`: the reads that brought "
-             "them). Regenerate with `bench/run`.", "", "## Targets", "", "| Target | Measured | Met |", "|---|---|---|"]
+             "stated. *Direct* is the same load sent straight to the fake upstream in the same run. CPU per "
+             "upstream chunk is the worker's CPU time over the HTTP chunks the upstream sent it (the chunks the "
+             "direct run received), a fixed amount of work; CPU per written chunk divides by the chunks it wrote "
+             "(`chunks_forwarded`), fewer whenever one write carries the deltas of several upstream chunks, so "
+             "both are shown against the one target (`client_reads`: the reads that brought the written chunks). "
+             "Regenerate with `bench/run`.", "", "## Targets", "", "| Target | Measured | Met |", "|---|---|---|"]
     for scenario, key, op, limit, label in TARGETS:
         value = results.get(scenario, {}).get(key)
         met = value is not None and (value <= limit if op == "<=" else value >= limit)
