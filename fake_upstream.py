@@ -23,6 +23,7 @@ overrides the defaults (set on the command line) with any of:
     split_ms    ... this many ms apart (so a line or a UTF-8 character is cut across reads)
     newline     "\\n" (default), "\\r\\n" or "\\r"
     body_file   replay this file as the SSE body, byte for byte (recorded real streams)
+    set_cookie  send this Set-Cookie header with the stream (as Cloudflare in front of OpenAI does)
     id          a tag to find this request in ``GET /_fake/requests``
     openai, anthropic   overrides for that protocol only, e.g. {"openai": {"status": 500}}
 
@@ -388,9 +389,10 @@ class _Reply:
             self.conn.reply_done()
             return
         content_type = "text/html" if fault == "not_sse" else "text/event-stream; charset=utf-8"
+        cookie = f"Set-Cookie: {self.params['set_cookie']}\r\n" if "set_cookie" in self.params else ""
         self.conn.transport.write(
             f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n"
-            "Cache-Control: no-cache\r\n\r\n".encode())
+            f"Cache-Control: no-cache\r\n{cookie}\r\n".encode())
         if "body_file" in self.params:  # replay a recorded stream byte for byte
             with open(self.params["body_file"], "rb") as handle:
                 self._write(handle.read())

@@ -88,6 +88,15 @@ def test_upstream_request_carries_the_server_system_prompt_and_no_client_key(liv
     assert record.headers["accept-encoding"] == "identity"
 
 
+def test_upstream_cookies_are_neither_kept_nor_sent_on(live, fake):
+    cookie = "__cf_bm=abc123; path=/; HttpOnly"
+    status, _, body = request(live.url, "POST", "/api/chat", chat_body("hi", tokens=2, set_cookie=cookie, id="c1"))
+    assert status == 200 and body
+    request(live.url, "POST", "/api/chat", chat_body("hi", tokens=2, id="c2"))
+    assert fake.find("c1").connection == fake.find("c2").connection  # the same upstream connection...
+    assert "cookie" not in fake.find("c2").headers  # ...and no cookie on the next user's request
+
+
 def test_anthropic_end_to_end(live_anthropic, fake):
     text = "Grüße aus Wien 🇦🇹"
     status, headers, body = request(live_anthropic.url, "POST", "/api/chat",
