@@ -24,6 +24,8 @@ overrides the defaults (set on the command line) with any of:
     newline     "\\n" (default), "\\r\\n" or "\\r"
     body_file   replay this file as the SSE body, byte for byte (recorded real streams)
     set_cookie  send this Set-Cookie header with the stream (as Cloudflare in front of OpenAI does)
+    framing     "chunked" (default); "close": no length, the body ends when the connection closes
+                (HTTP/1.0 style); "gzip": chunked and gzip-compressed, flushed at every write
     id          a tag to find this request in ``GET /_fake/requests``
     openai, anthropic   overrides for that protocol only, e.g. {"openai": {"status": 500}}
 
@@ -40,6 +42,7 @@ import json
 import re
 import threading
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -366,6 +369,8 @@ class _Reply:
         self.after = int(params.get("after", 0))
         self.index = 0
         self.cursor = 0.0  # when the last queued split piece goes out
+        self.framing = params.get("framing", "chunked")
+        self.gzip = zlib.compressobj(wbits=31) if self.framing == "gzip" else None
 
     def begin(self) -> None:
         status = int(self.params.get("status", 200))
@@ -389,10 +394,13 @@ class _Reply:
             self.conn.reply_done()
             return
         content_type = "text/html" if fault == "not_sse" else "text/event-stream; charset=utf-8"
-        cookie = f"Set-Cookie: {self.params['set_cookie']}\r\n" if "set_cookie" in self.params else ""
+        extra = f"Set-Cookie: {self.params['set_cookie']}\r\n" if "set_cookie" in self.params else ""
+        if self.framing == "close":
+            extra += "Connection: close\r\n"
+        else:
+            extra += "Transfer-Encoding: chunked\r\n" + ("Content-Encoding: gzip\r\n" if self.gzip else "")
         self.conn.transport.write(
-            f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n"
-            f"Cache-Control: no-cache\r\n{cookie}\r\n".encode())
+            f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\n{extra}\r\n".encode())
         if "body_file" in self.params:  # replay a recorded stream byte for byte
             with open(self.params["body_file"], "rb") as handle:
                 self._write(handle.read())
@@ -408,17 +416,22 @@ class _Reply:
     def _schedule(self, ms: float) -> None:
         self.conn.timer = self.loop.call_later(ms / 1000, self._step)
 
+    def _frame(self, data: bytes) -> bytes:
+        if self.gzip is not None:
+            data = self.gzip.compress(data) + self.gzip.flush(zlib.Z_SYNC_FLUSH)
+        return data if self.framing == "close" else http_chunk(data)
+
     def _write(self, data: bytes) -> None:
         split = self.params.get("split")
         if not split:
-            self.conn.transport.write(http_chunk(data))
+            self.conn.transport.write(self._frame(data))
             return
         # Send the pieces as separate writes some ms apart, so they arrive as separate reads;
         # a cursor keeps every piece of the reply in order.
         delay = self.params.get("split_ms", 5) / 1000
         for i in range(0, len(data), split):
             self.cursor = max(self.cursor, self.loop.time()) + delay
-            self.loop.call_at(self.cursor, self._raw_write, http_chunk(data[i:i + split]))
+            self.loop.call_at(self.cursor, self._raw_write, self._frame(data[i:i + split]))
 
     def _raw_write(self, data: bytes) -> None:
         if not self.conn.transport.is_closing():
@@ -439,7 +452,10 @@ class _Reply:
             rest = tuple(self.tokens[self.index:])
             self.record.tokens_sent += len(rest)
             self.index = len(self.tokens)
-            self.conn.transport.write(burst_bytes(self.wire.protocol, self.wire.model, rest, self.newline))
+            if self.framing == "chunked":
+                self.conn.transport.write(burst_bytes(self.wire.protocol, self.wire.model, rest, self.newline))
+            else:
+                self._write(b"".join(sse_event(*self.wire.token(token), self.newline) for token in rest))
             return self._end()
         if self.index < len(self.tokens):
             self._write(sse_event(*self.wire.token(self.tokens[self.index]), self.newline))
@@ -474,8 +490,15 @@ class _Reply:
             self._terminate()
 
     def _terminate(self) -> None:
-        if not self.conn.transport.is_closing():
-            self.conn.transport.write(b"0\r\n\r\n")
+        transport = self.conn.transport
+        if self.gzip is not None and not transport.is_closing():
+            transport.write(http_chunk(self.gzip.flush()))
+        if self.framing == "close":
+            self.conn.reply_done()
+            transport.close()  # the end of the body
+            return
+        if not transport.is_closing():
+            transport.write(b"0\r\n\r\n")
         self.conn.reply_done()
 
 

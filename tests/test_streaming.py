@@ -50,6 +50,18 @@ def test_body_is_exactly_the_upstream_text(live, text):
     assert body.decode() == text
 
 
+@pytest.mark.parametrize("framing", ["close", "gzip"])
+@pytest.mark.parametrize("split", [None, 40])
+def test_a_body_that_is_not_plain_chunked_arrives_whole(live, framing, split):
+    # An upstream that ends its body by closing the connection, or a proxy that gzips the stream.
+    text = "héllo wörld 🌍 " * 20
+    pacing = {"split": split, "split_ms": 1} if split else {}
+    status, headers, body = request(live.url, "POST", "/api/chat", chat_body("hi", text=text, framing=framing,
+                                                                            **pacing))
+    assert status == 200 and headers["X-Terminal-Mode"] == "live"
+    assert body.decode() == text
+
+
 def test_default_reply_arrives_chunk_by_chunk(live):
     raw = raw_exchange(live.url, chat_body("hi", tokens=12))
     head, chunks, terminated = parse_chunked(raw)

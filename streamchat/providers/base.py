@@ -330,7 +330,8 @@ class Provider:
         def read(timeout: float) -> bytes:
             if sock is not None:
                 sock.settimeout(timeout)
-            return response.raw.read1(READ_SIZE)
+            # requests leaves decoding to its own iterators: ask urllib3 to undo gzip/deflate here.
+            return response.raw.read1(READ_SIZE, decode_content=True)
         return read
 
     def _text_of(self, events: list[ServerSentEvent]) -> tuple[str, bool]:
