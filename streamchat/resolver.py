@@ -21,7 +21,10 @@ So this resolver:
 
 With lookups that rare, ``install()`` also lets an idle pool thread end after
 ``IDLE_THREAD_SECONDS`` instead of gevent's 5 s: while one merely waited, the
-200-stream TTFB p99 rose from 205 to 220 ms (measured, cause not pinned down).
+200-stream TTFB p99 rose from 205 to 220 ms. Any second OS thread in the worker
+does the same here, even one blocked on a lock for good (measured; most likely
+the cost of a multi-threaded process in this machine's sandbox), so the worker
+stays single-threaded between lookups.
 """
 
 from __future__ import annotations
