@@ -349,8 +349,8 @@ def markdown(results: dict) -> str:
     lines = ["# Benchmarks", "",
              f"Run {meta['date']} on {meta['machine']} ({meta['cores']} cores), Python {meta['python']}, "
              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", "",
-             "One gunicorn gevent worker; the fake upstream and the load generator on the same machine, all on "
-             "loopback. The upstream sends its first token after 200 ms, then 100 tokens 20 ms apart, unless "
+             "One gunicorn gevent worker, its rate limit off (every stream comes from one address); the fake "
+             "upstream and the load generator on the same machine, all on loopback. The upstream sends its first token after 200 ms, then 100 tokens 20 ms apart, unless "
              "stated. *Direct* is the same load sent straight to the fake upstream in the same run. CPU per "
              "upstream chunk is the worker's CPU time over the HTTP chunks the upstream sent it (the chunks the "
              "direct run received), a fixed amount of work; CPU per written chunk divides by the chunks it wrote "

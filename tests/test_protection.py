@@ -35,6 +35,15 @@ def test_over_the_limit_is_a_429_with_retry_after_and_json(log_dir):
 
 
 @pytest.mark.redis
+def test_with_the_limit_off_and_no_budget_nothing_is_counted(log_dir):
+    with Gunicorn(log_dir, CHAT_RATE_LIMIT="off") as server:
+        replies = [chat(server) for _ in range(5)]
+        assert [status for status, _, _ in replies] == [200] * 5
+        assert not any("X-RateLimit-Limit" in headers for _, headers, _ in replies)
+        health = json.loads(request(server.url, "GET", "/healthz")[2])
+        assert health["status"] == "ok" and health["rate_limit"]["storage"].startswith("none")
+
+
 def test_redis_shares_one_count_across_processes_and_memory_does_not(log_dir, redis_server):
     # Two gunicorn masters stand for two machines (or workers) behind one load balancer.
     shared = {"CHAT_RATE_LIMIT": "3/minute", "RATELIMIT_STORAGE_URI": redis_server.url}
@@ -85,15 +94,16 @@ def test_trusted_proxy_identifies_clients_by_forwarded_for(log_dir):
         assert chat(server, bob_spoofing)[0] == 429
 
 
-def test_budget_turns_live_answers_into_fallback(log_dir, fake):
+@pytest.mark.parametrize("rate_limit", ["100000/minute", "off"])  # a budget counts with the limit off too
+def test_budget_turns_live_answers_into_fallback(log_dir, fake, rate_limit):
     with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", LLM_BUDGET_PER_CLIENT="2/minute",
-                  LLM_BUDGET_GLOBAL="1000/day") as server:
+                  LLM_BUDGET_GLOBAL="1000/day", CHAT_RATE_LIMIT=rate_limit) as server:
         modes = []
         for n in range(3):
-            status, headers, body = chat(server, text="live text", id=f"budget{n}")
+            status, headers, body = chat(server, text="live text", id=f"budget-{rate_limit}-{n}")
             modes.append((status, headers["X-Terminal-Mode"], headers.get("X-Terminal-Reason")))
         assert modes == [(200, "live", None), (200, "live", None), (200, "fallback", "budget")]
-        assert fake.find("budget2") is None  # the model was not called
+        assert fake.find(f"budget-{rate_limit}-2") is None  # the model was not called
     with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", LLM_BUDGET_GLOBAL="1/minute",
                   TRUSTED_PROXIES="1") as server:
         first = chat(server, {"X-Forwarded-For": "198.51.100.1"})[1]["X-Terminal-Mode"]
