@@ -1,0 +1,32 @@
+"""The benchmark's documented command runs end to end (quick mode) and reports every scenario.
+
+Speed is judged by the benchmark itself, never here: these assertions are about
+behaviour only (every stream completed in the mode expected, every abort seen
+and every connection closed, the targets table written).
+"""
+
+import json
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_runs_every_scenario_and_writes_its_report(tmp_path):
+    report = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run([str(ROOT / "bench" / "run"), "--quick", "--out", str(report)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    figures = json.loads(report.with_suffix(".json").read_text())
+    for name in ("streams_200", "streams_1000"):
+        streams = figures[name]
+        assert (streams["completed"], streams["errors"], streams["modes"]) == (streams["streams"], 0, ["live"])
+        assert streams["upstream_chunks"] >= streams["chunks_forwarded"] > 0
+    assert figures["one_client"]["errors"] == 0 and figures["bursts"]["errors"] == 0
+    assert (figures["fallback"]["completed"], figures["fallback"]["modes"]) == (200, ["fallback"])
+    aborts = figures["aborts"]
+    assert aborts["hung_up"] == 200
+    assert (aborts["generating_never_closed"], aborts["silent_never_closed"]) == (0, 0)
+    assert (aborts["open_streams_after"], aborts["upstream_requests_still_open"]) == (0, 0)
+    text = report.read_text()
+    assert "## Targets" in text and "1,000 streams: all complete | 1000 | yes" in text
