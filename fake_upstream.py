@@ -25,7 +25,8 @@ overrides the defaults (set on the command line) with any of:
     body_file   replay this file as the SSE body, byte for byte (recorded real streams)
     set_cookie  send this Set-Cookie header with the stream (as Cloudflare in front of OpenAI does)
     framing     "chunked" (default); "close": no length, the body ends when the connection closes
-                (HTTP/1.0 style); "gzip": chunked and gzip-compressed, flushed at every write
+                (HTTP/1.0 style); "chunked-close": chunked, with Connection: close; "gzip": chunked and
+                gzip-compressed, flushed at every write
     id          a tag to find this request in ``GET /_fake/requests``
     openai, anthropic   overrides for that protocol only, e.g. {"openai": {"status": 500}}
 
@@ -395,9 +396,9 @@ class _Reply:
             return
         content_type = "text/html" if fault == "not_sse" else "text/event-stream; charset=utf-8"
         extra = f"Set-Cookie: {self.params['set_cookie']}\r\n" if "set_cookie" in self.params else ""
-        if self.framing == "close":
+        if self.framing in ("close", "chunked-close"):
             extra += "Connection: close\r\n"
-        else:
+        if self.framing != "close":
             extra += "Transfer-Encoding: chunked\r\n" + ("Content-Encoding: gzip\r\n" if self.gzip else "")
         self.conn.transport.write(
             f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\n{extra}\r\n".encode())
@@ -500,6 +501,8 @@ class _Reply:
         if not transport.is_closing():
             transport.write(b"0\r\n\r\n")
         self.conn.reply_done()
+        if self.framing == "chunked-close":
+            transport.close()
 
 
 def main() -> None:

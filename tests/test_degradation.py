@@ -122,6 +122,7 @@ def test_dns_failure(monkeypatch):
     ({"fault": "error_after", "after": 3}, "error event"),
     ({"fault": "bad_json", "after": 3}, "malformed event"),
     ({"fault": "stall_after", "after": 3}, "stall longer than the idle timeout"),
+    ({"fault": "stall_after", "after": 3, "framing": "close"}, "stall in a body that ends at close"),
 ])
 def test_failures_after_the_first_byte_end_with_a_notice(live, fault, why):
     text = "one two three four five six"

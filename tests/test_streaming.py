@@ -50,16 +50,19 @@ def test_body_is_exactly_the_upstream_text(live, text):
     assert body.decode() == text
 
 
-@pytest.mark.parametrize("framing", ["close", "gzip"])
+@pytest.mark.parametrize("framing", ["close", "chunked-close", "gzip"])
 @pytest.mark.parametrize("split", [None, 40])
-def test_a_body_that_is_not_plain_chunked_arrives_whole(live, framing, split):
-    # An upstream that ends its body by closing the connection, or a proxy that gzips the stream.
+def test_a_body_in_any_framing_arrives_whole(live, fake, framing, split):
+    # An upstream that ends its body by closing the connection, one that closes after a chunked body,
+    # or a proxy that gzips the stream. Then the next chat still works (the worker is unharmed).
     text = "héllo wörld 🌍 " * 20
     pacing = {"split": split, "split_ms": 1} if split else {}
     status, headers, body = request(live.url, "POST", "/api/chat", chat_body("hi", text=text, framing=framing,
                                                                             **pacing))
     assert status == 200 and headers["X-Terminal-Mode"] == "live"
     assert body.decode() == text
+    assert request(live.url, "POST", "/api/chat", chat_body("hi", tokens=3))[0:3:2] == (200, b"".join(
+        t.encode() for t in tokens_of({"tokens": 3})))
 
 
 def test_default_reply_arrives_chunk_by_chunk(live):

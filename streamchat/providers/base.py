@@ -33,7 +33,7 @@ from ..errors import (
 from ..chunked import ChunkedDecoder, ChunkedFramingError
 from ..sse import ServerSentEvent, SSEDecoder
 from .pool import POOL_CLASSES
-from .socket_reader import socket_reader
+from .socket_reader import socket_reader, turn_passer
 
 READ_SIZE = 65536
 ERROR_BODY_LIMIT = 65536
@@ -179,7 +179,11 @@ class ChunkedBody:
             if self._buffered is not None:
                 self._sock.settimeout(timeout)
                 data, self._buffered = self._buffered.read1(READ_SIZE), None
-                self.response.raw._fp._close_conn()  # free its read buffer: from here on we read the socket
+                if not self.response.raw._fp.will_close:
+                    # Free its read buffer: from here on we read the socket. Not when the upstream closes
+                    # after this response: http.client has let go of the socket, and closing its reader
+                    # would close the socket under us.
+                    self.response.raw._fp._close_conn()
             else:
                 data = self._reader.recv(READ_SIZE, timeout)
             if not data:
@@ -204,7 +208,11 @@ class ChunkedBody:
 
 def _socket_of(response: requests.Response) -> Any:
     connection = getattr(response.raw, "connection", None)
-    return getattr(connection, "sock", None)
+    sock = getattr(connection, "sock", None)
+    if sock is None:  # http.client lets go of a connection that closes after this response: ask its reader
+        reader = getattr(getattr(response.raw, "_fp", None), "fp", None)  # BufferedReader over a SocketIO
+        sock = getattr(getattr(reader, "raw", None), "_sock", None)
+    return sock
 
 
 class Provider:
@@ -326,12 +334,15 @@ class Provider:
     def _raw_reader(response: requests.Response) -> Callable[[float], bytes]:
         # Not a plain chunked body (HTTP/1.0, content-encoded...): let urllib3 decode it.
         sock = _socket_of(response)
+        pass_turn = turn_passer(sock)
 
         def read(timeout: float) -> bytes:
             if sock is not None:
                 sock.settimeout(timeout)
             # requests leaves decoding to its own iterators: ask urllib3 to undo gzip/deflate here.
-            return response.raw.read1(READ_SIZE, decode_content=True)
+            data = response.raw.read1(READ_SIZE, decode_content=True)
+            pass_turn()  # data that was waiting came without a switch: let the other streams run
+            return data
         return read
 
     def _text_of(self, events: list[ServerSentEvent]) -> tuple[str, bool]:

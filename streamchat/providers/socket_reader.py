@@ -9,7 +9,7 @@ one timer that is moved only when a deadline comes *earlier*: when it fires
 early (the deadline moved later since) it re-arms itself, so a stream that
 keeps talking costs no timer work per read. Waiting first is also what lets
 a stream that always has data (a burst) share the worker: every read goes
-through the hub.
+through the hub. ``turn_passer`` does the same for a reader that cannot wait first.
 
 Outside gevent (tests in one process, the dev server) ``SocketReader`` uses
 the socket's own timeout.
@@ -17,10 +17,11 @@ the socket's own timeout.
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 
 class SocketReader:
@@ -90,6 +91,24 @@ class GeventSocketReader(SocketReader):
                 watcher.stop()
                 watcher.close()
         self._readable = self._timer = None
+
+
+def turn_passer(sock: Any) -> Callable[[], None]:
+    """Return what lets the other greenlets run once: ``gevent.sleep(0)`` for a gevent socket, else nothing.
+
+    A read that finds data waiting returns without a switch, so a stream whose upstream always has more
+    would hold the worker to the end of its body. ``GeventSocketReader`` passes the turn by waiting first;
+    a reader that cannot (a body urllib3 must decode) calls this after each read.
+    """
+    if type(sock).__module__.startswith("gevent."):
+        import gevent
+
+        return functools.partial(gevent.sleep, 0)
+    return _nothing
+
+
+def _nothing() -> None:
+    pass
 
 
 def socket_reader(sock: Any) -> SocketReader:
