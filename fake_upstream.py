@@ -492,17 +492,14 @@ class _Reply:
 
     def _terminate(self) -> None:
         transport = self.conn.transport
-        if self.gzip is not None and not transport.is_closing():
-            transport.write(http_chunk(self.gzip.flush()))
-        if self.framing == "close":
-            self.conn.reply_done()
-            transport.close()  # the end of the body
-            return
         if not transport.is_closing():
-            transport.write(b"0\r\n\r\n")
+            if self.gzip is not None:
+                transport.write(http_chunk(self.gzip.flush()))
+            if self.framing != "close":
+                transport.write(b"0\r\n\r\n")
         self.conn.reply_done()
-        if self.framing == "chunked-close":
-            transport.close()
+        if self.framing in ("close", "chunked-close"):
+            transport.close()  # for "close", this is the end of the body
 
 
 def main() -> None:

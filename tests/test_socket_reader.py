@@ -4,6 +4,11 @@ gevent's own sockets work without monkey-patching, so these run in the test
 process on a real socket pair; the sender is a second greenlet.
 """
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import gevent
 import gevent.socket
 import pytest
@@ -129,11 +134,6 @@ def test_new_sessions_use_the_peeking_pools():
 
 def test_a_body_urllib3_reads_lets_other_greenlets_run_between_reads():
     # The raw reader cannot wait first: it passes the turn after each read instead (turn_passer).
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, str(root / "tests" / "greedy_upstream_probe.py"), str(root)],
                             capture_output=True, text=True, timeout=60)

@@ -100,7 +100,7 @@ def turn_passer(sock: Any) -> Callable[[], None]:
     would hold the worker to the end of its body. ``GeventSocketReader`` passes the turn by waiting first;
     a reader that cannot (a body urllib3 must decode) calls this after each read.
     """
-    if type(sock).__module__.startswith("gevent."):
+    if _is_gevent(sock):
         import gevent
 
         return functools.partial(gevent.sleep, 0)
@@ -111,8 +111,12 @@ def _nothing() -> None:
     pass
 
 
+def _is_gevent(sock: Any) -> bool:
+    return type(sock).__module__.startswith("gevent.")
+
+
 def socket_reader(sock: Any) -> SocketReader:
     """Return the reader for ``sock``: the gevent one for a gevent socket."""
-    if type(sock).__module__.startswith("gevent."):
+    if _is_gevent(sock):
         return GeventSocketReader(sock)
     return SocketReader(sock)
