@@ -25,6 +25,7 @@ from streamchat.rules import RulesStore, load_rules, RulesError
 log = logging.getLogger("streamchat")
 access_log = logging.getLogger("streamchat.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LOGGED_USER_TEXT_CHARS = 500
 
 
 @dataclass
@@ -98,7 +99,9 @@ def _finish_request(response):
         "status": response.status_code,
     }
     stats = g.get("stats")
-    user_text = g.get("user_text") if current_settings().log_user_text else None
+    # Keep only what the log line shows: the whole message would stay in memory while the reply streams.
+    text = g.pop("user_text", None)
+    user_text = text[:LOGGED_USER_TEXT_CHARS] if text is not None and current_settings().log_user_text else None
     started = g.get("started", time.perf_counter())
     response.call_on_close(lambda: _log_access(fields, stats, started, user_text))
     return response
@@ -119,7 +122,7 @@ def _log_access(fields: dict[str, Any], stats, started: float, user_text: str | 
     else:
         line.update(duration_ms=f"{(now - started) * 1000:.1f}")
     if user_text is not None:
-        line["user_text"] = repr(user_text[:500])
+        line["user_text"] = repr(user_text)
     access_log.info(" ".join(f"{key}={value}" for key, value in line.items()))
 
 

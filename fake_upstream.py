@@ -67,6 +67,7 @@ class Record:
     connection: int
     headers: dict[str, str]
     body: Any
+    body_size: int  # bytes on the wire
     started: float
     tokens_sent: int = 0
     finished: float | None = None  # the whole reply was written
@@ -341,7 +342,8 @@ class _Connection(asyncio.Protocol):
         shown = {k: v for k, v in headers.items() if k not in ("authorization", "x-api-key")}
         shown["has-key"] = str(bool(headers.get("authorization") or headers.get("x-api-key")))
         record = server.new_record(id=str(params.get("id", "")), path=path, protocol=protocol,
-                                   connection=self.number, headers=shown, body=body)
+                                   connection=self.number, headers=shown, body=body,
+                                   body_size=len(body_bytes))
         self.record = record
         server.notify()
         _Reply(self, record, Wire(protocol, str(body.get("model", ""))), params).begin()

@@ -23,6 +23,10 @@ class ConfigError(ValueError):
 
 
 def _text(raw: str) -> str:
+    try:
+        raw.encode("utf-8")  # bytes that are not UTF-8 reach os.environ as lone surrogates
+    except UnicodeEncodeError:
+        raise ValueError("is not valid UTF-8") from None
     return raw
 
 
@@ -209,7 +213,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if values["system_prompt_file"]:
         try:
             values["system_prompt"] = Path(values["system_prompt_file"]).read_text("utf-8").strip()
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"SYSTEM_PROMPT_FILE cannot be read: {exc}") from None
 
     configured = _configured_providers(values, explicitly_set)

@@ -103,6 +103,16 @@ def test_upstream_request_carries_the_server_system_prompt_and_no_client_key(liv
     assert record.headers["accept-encoding"] == "identity"
 
 
+def test_upstream_request_is_compact_utf8_json(live, fake):
+    text = "Привет, 世界! Ça va ?"
+    status, _, _ = request(live.url, "POST", "/api/chat", chat_body(text, id="utf8"))
+    record = fake.find("utf8")
+    assert status == 200 and record.headers["content-type"] == "application/json"
+    assert record.body["messages"][-1]["content"].startswith(text)
+    # Exactly the compact UTF-8 encoding of what arrived: no "\\uXXXX" escapes, no padding spaces.
+    assert record.body_size == len(json.dumps(record.body, ensure_ascii=False, separators=(",", ":")).encode())
+
+
 def test_upstream_cookies_are_neither_kept_nor_sent_on(live, fake):
     cookie = "__cf_bm=abc123; path=/; HttpOnly"
     status, _, body = request(live.url, "POST", "/api/chat", chat_body("hi", tokens=2, set_cookie=cookie, id="c1"))

@@ -82,10 +82,18 @@ def test_charset_parameter_is_accepted(client):
     ("LLM_PROVIDERS", "openai,gemini", "gemini"),
     ("LLM_PROVIDERS", "anthropic", "ANTHROPIC_API_KEY"),
     ("CHAT_RATE_LIMIT", "lots", "CHAT_RATE_LIMIT"),
+    ("SYSTEM_PROMPT", "caf\udce9", "SYSTEM_PROMPT.*not valid UTF-8"),  # a Latin-1 byte in a UTF-8 locale
 ])
 def test_bad_settings_fail_fast_naming_the_variable(name, value, words):
     with pytest.raises(ConfigError, match=words):
         load_settings({name: value})
+
+
+def test_a_system_prompt_file_that_is_not_utf8_fails_fast(tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes("Soyez brèves.".encode("latin-1"))
+    with pytest.raises(ConfigError, match="SYSTEM_PROMPT_FILE cannot be read"):
+        load_settings({"SYSTEM_PROMPT_FILE": str(prompt)})
 
 
 def test_a_bad_key_value_is_never_echoed():

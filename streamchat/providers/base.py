@@ -82,6 +82,16 @@ def _prepared_head(url: str, headers: tuple[tuple[str, str], ...]) -> requests.P
     return request
 
 
+def json_body(body: dict[str, Any]) -> bytes:
+    """Return ``body`` as compact UTF-8 JSON, as the providers' own SDKs send it (httpx).
+
+    ``requests``' ``json=`` escapes every non-ASCII character as ``\\uXXXX``: six
+    bytes for a character that UTF-8 sends in two or three, on every request of
+    a conversation in French, Russian or Japanese.
+    """
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
 @contextlib.contextmanager
 def translate_errors(provider: str) -> Iterator[None]:
     """Map ``requests``, ``urllib3`` and socket exceptions to the ``streamchat.errors`` tree."""
@@ -262,6 +272,7 @@ class Provider:
         started = time.monotonic()
         with translate_errors(self.name):
             response = self._send(*self.build_request(messages))
+        del messages  # a long conversation must not stay in memory while the reply streams
         try:
             with translate_errors(self.name):
                 if response.status_code != 200:
@@ -278,19 +289,22 @@ class Provider:
     def _send(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> requests.Response:
         """POST ``body`` as JSON and return the response once its headers are in; the body is left to read.
 
-        This is ``session.post(url, json=body, stream=True)`` without the work that
-        would be done again on every call for nothing (a fifth of a chat request's
-        CPU): merging the environment, re-parsing the constant URL and headers, and
-        the session's cookie jar. No cookies are kept or sent, so one user's
-        upstream cookies never ride on another user's request.
+        This is ``session.post(url, data=json_body(body), stream=True)`` without the
+        work that would be done again on every call for nothing (a fifth of a chat
+        request's CPU): merging the environment, re-parsing the constant URL and
+        headers, and the session's cookie jar. No cookies are kept or sent, so one
+        user's upstream cookies never ride on another user's request.
         """
         request = _prepared_head(url, tuple({"Accept": "text/event-stream", "Accept-Encoding": "identity",
-                                             "User-Agent": USER_AGENT, **headers}.items())).copy()
-        request.prepare_body(data=None, files=None, json=body)
+                                             "Content-Type": "application/json", "User-Agent": USER_AGENT,
+                                             **headers}.items())).copy()
+        request.prepare_body(data=json_body(body), files=None)
         session = self.session
-        return session.get_adapter(url).send(request, stream=True, timeout=(self.timeouts.connect,
-                                             self.timeouts.first_token), verify=session.verify,
-                                             cert=session.cert, proxies=session.proxies)
+        response = session.get_adapter(url).send(request, stream=True, timeout=(self.timeouts.connect,
+                                                 self.timeouts.first_token), verify=session.verify,
+                                                 cert=session.cert, proxies=session.proxies)
+        request.body = None  # sent: the response keeps its request, but not the conversation for the whole reply
+        return response
 
     def _read_events(self, response: requests.Response, started: float) -> Iterator[str]:
         timeouts = self.timeouts

@@ -1,0 +1,72 @@
+"""An open stream keeps neither the conversation nor the upstream request body in memory.
+
+A reply streams for seconds to minutes, and the conversation sent with it may be
+as long as ``CHAT_MAX_CHARS``: a thousand open streams must not hold a thousand
+copies of it. The app runs in-process (Flask's test client) against the real fake
+upstream; tracemalloc counts what was allocated under the app's own frames and is
+still alive once the first chunk has arrived.
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import pytest
+
+from servers import REPO, chat_body
+
+CONVERSATION_CHARS = 200_000
+# What one open stream legitimately holds (response objects, buffers, the log line's 500 characters) is
+# a few tens of KB; the conversation alone is 200 KB as text and 400 KB as the JSON sent upstream.
+HELD_LIMIT = 100_000
+APP_FILES = [str(REPO / "app.py"), str(REPO / "views.py"), str(REPO / "protection.py"), str(REPO / "streamchat" / "*")]
+
+
+@pytest.fixture
+def client(fake, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{fake.url}/v1")
+    from app import create_app
+
+    app = create_app({"CHAT_RATE_LIMIT": "off", "CHAT_MAX_CHARS": str(CONVERSATION_CHARS + 1000),
+                      "CHAT_MAX_BODY_BYTES": str(8 * CONVERSATION_CHARS), "LOG_USER_TEXT": "true"})
+    return app.test_client()
+
+
+def long_conversation(tag: str) -> dict:
+    half = "é" * (CONVERSATION_CHARS // 2)  # two bytes in UTF-8, six as a JSON escape
+    last = chat_body(half, id=tag, tokens=3, first_token_ms=0, interval_ms=5000)["messages"][0]
+    return {"messages": [{"role": "user", "content": half}, {"role": "assistant", "content": "Go on."}, last]}
+
+
+def held_after_first_chunk(client, body: dict) -> tuple[int, bytes]:
+    """Return the bytes allocated under the app's frames that are alive after the first chunk, and the chunk."""
+    gc.collect()
+    tracemalloc.start(100)
+    try:
+        response = client.post("/api/chat", json=body, buffered=False)
+        first = next(iter(response.response))
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    try:
+        held = snapshot.filter_traces([tracemalloc.Filter(True, pattern, all_frames=True) for pattern in APP_FILES])
+        return sum(trace.size for trace in held.traces), first
+    finally:
+        response.close()
+
+
+def test_an_open_stream_holds_no_copy_of_the_conversation(client, fake):
+    client.post("/api/chat", json=chat_body("warm up", tokens=1)).close()  # the connection pool, caches
+    held, first = held_after_first_chunk(client, long_conversation("long"))
+    assert first  # the stream is open, waiting for the next token
+    assert fake.find("long").headers["content-type"] == "application/json"
+    assert held < HELD_LIMIT, f"an open stream holds {held} bytes"
+
+
+def test_the_access_log_keeps_only_the_start_of_the_message(client, caplog):
+    with client.post("/api/chat", json=chat_body("x" * 2000 + " the end", tokens=1)) as response:
+        assert response.get_data()
+    line = next(r.getMessage() for r in caplog.records if r.name == "streamchat.access")
+    assert f"user_text={'x' * 500!r}" in line
