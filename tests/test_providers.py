@@ -36,6 +36,8 @@ class TestOpenAIEvents:
         ('{"choices":[{"delta":{"reasoning":"hmm","content":null}}]}', ""),
         ('{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}', ""),
         ('{"choices":[{"delta":{"content":[{"type":"text","text":"a"},{"type":"thinking"}]}}]}', "a"),
+        ('{"choices":[{"delta":{"content":[{"type":"text","text":5},{"type":"text"},{"type":"text","text":"b"}]}}]}',
+         "b"),
         ('{"choices":null}', ""),
         ('[1, 2]', ""),
     ])

@@ -12,8 +12,8 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # Mistral sends content parts for some models
-        return "".join(part.get("text") or "" for part in content
-                       if isinstance(part, dict) and part.get("type") == "text")
+        return "".join(part["text"] for part in content if isinstance(part, dict)
+                       and part.get("type") == "text" and isinstance(part.get("text"), str))
     return ""
 
 
