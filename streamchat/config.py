@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 PROVIDER_NAMES = ("openai", "anthropic")
+API_KEY = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an HTTP header carries as is
 
 
 class ConfigError(ValueError):
@@ -27,6 +28,14 @@ def _text(raw: str) -> str:
         raw.encode("utf-8")  # bytes that are not UTF-8 reach os.environ as lone surrogates
     except UnicodeEncodeError:
         raise ValueError("is not valid UTF-8") from None
+    return raw
+
+
+def _api_key(raw: str) -> str:
+    # It goes into an HTTP header: a curly quote or a no-break space pasted with it would fail every
+    # request inside http.client; say so at start-up instead.
+    if raw and not API_KEY.fullmatch(raw):
+        raise ValueError("must be printable ASCII with no spaces (was a character pasted with it?)")
     return raw
 
 
@@ -128,12 +137,12 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("OPENAI_API_KEY", _text, "", "Key for an OpenAI-compatible API.", secret=True),
+    Setting("OPENAI_API_KEY", _api_key, "", "Key for an OpenAI-compatible API.", secret=True),
     Setting("OPENAI_BASE_URL", _url, "https://api.openai.com/v1",
             "Base URL including `/v1`. Setting it without a key enables keyless local servers "
             "(Ollama `http://127.0.0.1:11434/v1`, llama.cpp, vLLM)."),
     Setting("OPENAI_MODEL", _text, "gpt-4o-mini", "Model name sent to the OpenAI-compatible API."),
-    Setting("ANTHROPIC_API_KEY", _text, "", "Key for the Anthropic Messages API.", secret=True),
+    Setting("ANTHROPIC_API_KEY", _api_key, "", "Key for the Anthropic Messages API.", secret=True),
     Setting("ANTHROPIC_BASE_URL", _url, "https://api.anthropic.com", "Base URL, without `/v1`."),
     Setting("ANTHROPIC_MODEL", _text, "claude-haiku-4-5", "Anthropic model name."),
     Setting("LLM_PROVIDERS", _provider_list, None,

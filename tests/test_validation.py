@@ -96,6 +96,13 @@ def test_a_system_prompt_file_that_is_not_utf8_fails_fast(tmp_path):
         load_settings({"SYSTEM_PROMPT_FILE": str(prompt)})
 
 
+@pytest.mark.parametrize("key", ["sk-abc\u2019def", "sk-abc\u00a0def", "sk abc"])
+def test_an_api_key_that_cannot_go_in_a_header_fails_fast(key):
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY=\\*\\*\\* is invalid: must be printable ASCII") as info:
+        load_settings({"OPENAI_API_KEY": key})
+    assert "abc" not in str(info.value)
+
+
 def test_a_bad_key_value_is_never_echoed():
     with pytest.raises(ConfigError) as info:
         load_settings({"OPENAI_API_KEY": "sk-secret", "LLM_PROVIDERS": "nope"})
