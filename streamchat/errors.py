@@ -15,7 +15,8 @@ and mapped from ``requests``/``urllib3`` exceptions in exactly one place
 
 The view never shows these to the user: before the first byte it tries the
 next provider and then the rules responder; after it, the body ends with a
-short notice.
+short notice. Anything else a provider raises is a bug: the relay treats it
+the same way (reason ``internal_error``) and logs its traceback.
 """
 
 from __future__ import annotations

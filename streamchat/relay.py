@@ -29,6 +29,8 @@ log = logging.getLogger("streamchat")
 
 #: Ends a reply that broke after text was sent; the chat page looks for it.
 CUT_SHORT_NOTICE = "\n\n[Reply cut short: the model stopped responding. Please try again.]"
+#: X-Terminal-Reason when provider code raised something that is not a ProviderError: a bug, logged with its traceback.
+INTERNAL_ERROR = "internal_error"
 MAX_COOLDOWN = 3600.0
 FALLBACK_WORDS_PER_CHUNK = 3
 
@@ -116,6 +118,10 @@ class Reply:
             yield CUT_SHORT_NOTICE.encode()
         except (ClientDisconnected, GeneratorExit):
             stats.ended = "client_gone"
+        except Exception:  # a bug, not the user's fault: end the reply as for a provider failure
+            stats.ended, stats.cut_reason = "cut_short", INTERNAL_ERROR
+            log.exception("stream cut short by an unexpected error")
+            yield CUT_SHORT_NOTICE.encode()
         finally:
             self.gauge.count -= 1
             self.watch.stop()
@@ -162,6 +168,13 @@ class Relay:
                 reasons.append(exc.reason)
                 stats.failures.append(f"{provider.name}:{exc.reason}")
                 log.warning("provider failed before the first text: %s", exc)
+                continue
+            except ClientDisconnected:
+                raise
+            except Exception:  # a bug in provider code costs this reply its live answer, never the user's reply
+                reasons.append(INTERNAL_ERROR)
+                stats.failures.append(f"{provider.name}:{INTERNAL_ERROR}")
+                log.exception("provider %s failed unexpectedly before the first text", provider.name)
                 continue
             self.breaker.record(provider.name, None)
             stats.provider, stats.model = provider.name, provider.model

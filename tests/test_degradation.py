@@ -12,6 +12,7 @@ from servers import REPO, Gunicorn, chat_body, eventually, parse_chunked, raw_ex
 from streamchat.errors import UpstreamUnreachable
 from streamchat.providers import OpenAIChat, Timeouts
 from streamchat.providers.base import new_session
+from streamchat.disconnect import ClientWatch
 from streamchat.relay import CUT_SHORT_NOTICE, CircuitBreaker, Relay
 from streamchat.rules import RulesStore, load_rules
 
@@ -110,11 +111,55 @@ def test_dns_failure(monkeypatch):
     with pytest.raises(UpstreamUnreachable):
         next(provider.stream([{"role": "user", "content": "hi"}]))
     relay = Relay([provider], RulesStore(str(REPO / "rules.yaml")), CircuitBreaker(0))
-    from streamchat.disconnect import ClientWatch
-
     reply = relay.open([{"role": "user", "content": "hello"}], ClientWatch(None))
     assert (reply.stats.mode, reply.stats.reason) == ("fallback", "upstream_error")
     assert b"".join(reply.body()).decode() in GREETINGS
+
+
+class BuggyProvider(OpenAIChat):
+    """A provider whose event parsing raises a bug's exception on the event carrying ``fail_on``.
+
+    A bug has no real counterpart to trigger it with, so this is the one test double here;
+    the upstream is the real fake upstream.
+    """
+
+    def __init__(self, fail_on: str, **options):
+        super().__init__(**options)
+        self.fail_on = fail_on
+
+    def parse_event(self, event):
+        text = super().parse_event(event)
+        if text == self.fail_on:
+            raise RuntimeError("a bug in parse_event")
+        return text
+
+
+def open_buggy_reply(fake, fail_on: str, tag: str):
+    url = f"{fake.url}/v1"
+    provider = BuggyProvider(fail_on, model="m", base_url=url, api_key="", session=new_session(2, url),
+                             timeouts=Timeouts(1, 3, 2, 10), max_tokens=5, temperature=None, system_prompt="")
+    relay = Relay([provider], RulesStore(str(REPO / "rules.yaml")), CircuitBreaker(0))
+    # A read per token, so the first one is sent before the bug is reached.
+    directive = json.dumps({"text": "hello there world", "first_token_ms": 0, "interval_ms": 50, "id": tag})
+    return relay.open([{"role": "user", "content": f"hello\nfake: {directive}"}], ClientWatch(None))
+
+
+def test_a_bug_before_the_first_text_falls_back_and_is_logged(fake, caplog):
+    reply = open_buggy_reply(fake, "hello ", "bug-first")
+    assert (reply.stats.mode, reply.stats.reason, reply.stats.failures) == (
+        "fallback", "internal_error", ["openai:internal_error"])
+    assert b"".join(reply.body()).decode() in GREETINGS
+    assert "RuntimeError: a bug in parse_event" in caplog.text  # the traceback, for the site owner
+    assert eventually(lambda: fake.find("bug-first").peer_closed)  # and the upstream was closed
+
+
+def test_a_bug_after_the_first_text_ends_the_reply_with_the_notice(fake, caplog):
+    reply = open_buggy_reply(fake, "there ", "bug-later")
+    assert reply.stats.mode == "live"
+    assert b"".join(reply.body()).decode() == "hello " + CUT_SHORT_NOTICE
+    assert (reply.stats.ended, reply.stats.cut_reason) == ("cut_short", "internal_error")
+    assert "RuntimeError: a bug in parse_event" in caplog.text
+    assert eventually(lambda: fake.find("bug-later").peer_closed)
 
 
 @pytest.mark.parametrize("fault, why", [
