@@ -38,7 +38,11 @@ def chat():
                                   Limits(settings.chat_max_messages, settings.chat_max_chars))
     g.user_text = messages[-1]["content"]
     watch = watch_client(request.environ)
-    reply = svc.relay.open(messages, watch, live_denied=svc.budget.live_denied())
+    try:
+        reply = svc.relay.open(messages, watch, live_denied=svc.budget.live_denied())
+    except BaseException:
+        watch.stop()  # no body will stop it: the watcher must not outlive this request on a kept-alive socket
+        raise
     g.stats = stats = reply.stats  # the access log reads it when the stream closes
     response = Response(stream_with_context(reply.body()), content_type="text/plain; charset=utf-8",
                         headers=STREAM_HEADERS)
