@@ -38,6 +38,27 @@ def test_first_chunk_arrives_while_the_upstream_is_still_generating(live, fake):
         conn.close()
 
 
+def test_chats_one_after_another_on_one_kept_alive_connection(live):
+    # As the chat page's fetch() does: every reply ends cleanly and the connection carries the next chat,
+    # a live one, a rules answer (the upstream refuses) and a live one again.
+    host, port = live.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=15)
+    try:
+        answers, sockets = [], set()
+        for body in (chat_body("hi", text="first reply"), chat_body("hello", openai={"status": 400}),
+                     chat_body("hi", text="third reply")):
+            conn.request("POST", "/api/chat", body=json.dumps(body), headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            answers.append((response.headers["X-Terminal-Mode"], response.read().decode()))
+            assert not response.will_close
+            sockets.add(conn.sock)
+        assert len(sockets) == 1
+        assert answers[0] == ("live", "first reply") and answers[2] == ("live", "third reply")
+        assert answers[1][0] == "fallback" and answers[1][1]
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("text", [
     "plain ascii words",
     "héllo wörld — ça va? 你好，世界 🌍🚀 Ünïcödé",
