@@ -14,6 +14,7 @@ Behaviour per request: a line ``fake: {...}`` in the last user message
 overrides the defaults (set on the command line) with any of:
 
     text, tokens, token_chars    the reply (default: ``tokens`` words of a fixed text)
+    repeat      send ``text`` this many times over (a long reply from a short directive)
     first_token_ms, interval_ms  pacing; interval 0 sends every token in one write
     status, retry_after, retry_after_ms   answer with an HTTP error instead
     fault       drop_after | error_after | stall_after | bad_json | not_sse | json_body |
@@ -72,12 +73,15 @@ class Record:
     tokens_sent: int = 0
     finished: float | None = None  # the whole reply was written
     peer_closed: float | None = None  # the client closed the connection before that
+    held_back: bool = False  # the client stopped reading long enough to fill every buffer on the way
     events: list[str] = field(default_factory=list)
 
 
 def tokens_of(params: dict[str, Any]) -> list[str]:
     """Return the reply's tokens as the fake will send them."""
     text = params.get("text")
+    if text is not None and params.get("repeat"):
+        text *= int(params["repeat"])
     if text is None:
         words = re.findall(r"\S+\s*", DEFAULT_TEXT)
         count = int(params.get("tokens", DEFAULTS["tokens"]))
@@ -290,6 +294,12 @@ class _Connection(asyncio.Protocol):
         record = self.record
         if record is not None and record.finished is None:
             record.peer_closed = time.monotonic()
+            self.server.notify()
+
+    def pause_writing(self):
+        # asyncio: our write buffer passed its high-water mark, the kernel's buffers being full already.
+        if self.record is not None:
+            self.record.held_back = True
             self.server.notify()
 
     def data_received(self, data):

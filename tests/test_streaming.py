@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fake_upstream import tokens_of
-from servers import chat_body, eventually, parse_chunked, raw_exchange, request
+from servers import Gunicorn, chat_body, eventually, parse_chunked, raw_exchange, request
 
 STREAMS = Path(__file__).parent / "streams"
 
@@ -204,6 +204,49 @@ def test_client_disconnect_closes_the_upstream(live, fake, silent):
     assert record, "the upstream connection was not closed after the client went away"
     assert record.finished is None
     assert eventually(lambda: any("ended=client_gone" in line for line in live.access_lines()))
+
+
+def open_stalled_reader(server, tag: str) -> socket.socket:
+    """Start a chat whose 20 MB reply cannot fit in the socket buffers, from a client that reads nothing."""
+    host, port = server.url.removeprefix("http://").split(":")
+    payload = json.dumps(chat_body("hi", id=tag, text="a" * 9999 + " ", repeat=2000, first_token_ms=0,
+                                   interval_ms=1)).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((host, int(port)))
+    sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                 b"X-Request-Id: %s\r\nContent-Length: %d\r\n\r\n" % (tag.encode(), len(payload)) + payload)
+    return sock
+
+
+def access_line(server, request_id: str) -> str | None:
+    return eventually(lambda: next((l for l in server.access_lines() if f"request_id={request_id} " in l), None))
+
+
+def test_a_client_leaving_while_its_reply_waits_to_be_sent_is_not_an_error(live, fake):
+    log_start = len(live.log())
+    sock = open_stalled_reader(live, "stalled-left")
+    assert fake.wait_for(lambda: (r := fake.find("stalled-left")) and r.held_back), "the service never waited"
+    sock.close()  # while the worker waits for the client to drain its buffer
+    assert fake.wait_for(lambda: fake.find("stalled-left").peer_closed), "the upstream was not closed"
+    assert "ended=client_gone" in access_line(live, "stalled-left")
+    assert "Error handling request" not in live.log()[log_start:]
+
+
+def test_a_client_that_reads_nothing_is_given_up_on(fake, log_dir):
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", CLIENT_SEND_TIMEOUT="1") as server:
+        sock = open_stalled_reader(server, "stalled-idle")
+        # The client keeps its connection open and never reads: after 1 s the service lets go.
+        assert fake.wait_for(lambda: (r := fake.find("stalled-idle")) and r.peer_closed), "still streaming"
+        assert "ended=client_gone" in access_line(server, "stalled-idle")
+        assert "the client read nothing for 1 s: closing its stream" in server.log()
+        assert "Error handling request" not in server.log()
+        received = 0
+        while piece := sock.recv(1 << 20):  # what was buffered, then the end of the connection
+            received += len(piece)
+        assert 0 < received < 20_000_000
+        sock.close()
 
 
 def test_upstream_connections_are_reused(live, fake):

@@ -3,11 +3,16 @@
 Real gevent sockets in the test process; the reader is a second greenlet.
 """
 
+import errno
+
 import gevent
 import gevent.socket
 import pytest
 
+from streamchat.disconnect import ClientDisconnected
 from streamchat.worker import ClientSocket
+
+MORE_THAN_THE_BUFFERS = b"x" * 20_000_000
 
 
 @pytest.fixture
@@ -50,3 +55,21 @@ def test_writing_to_a_client_that_left_raises(pair):
         for _ in range(100):
             ours.sendall(b"x" * 65536)
 
+
+
+def test_a_client_that_reads_nothing_is_given_up_on_as_a_broken_pipe(pair, monkeypatch, caplog):
+    ours, theirs = pair
+    monkeypatch.setattr(ClientSocket, "send_timeout", 0.2)
+    with pytest.raises(BrokenPipeError) as info:
+        ours.sendall(MORE_THAN_THE_BUFFERS)
+    assert info.value.errno == errno.EPIPE  # what gunicorn takes quietly as the client being gone
+    assert ours.timeout is None  # the socket's own timeout is left as it was
+    assert "the client read nothing for 0.2 s" in caplog.text
+
+
+def test_a_client_seen_leaving_while_a_write_waits_is_a_broken_pipe(pair):
+    ours, theirs = pair
+    writer = gevent.spawn(ours.sendall, MORE_THAN_THE_BUFFERS)
+    gevent.sleep(0)  # it runs until its write waits for the reader
+    writer.kill(ClientDisconnected(), block=True, timeout=5)  # thrown into it from the hub, as the client watch does
+    assert isinstance(writer.exception, BrokenPipeError)
