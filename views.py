@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request, stream_with_context
 
 from protection import chat_rate_limit, limiter, rate_limit_off, storage_health
-from streamchat.disconnect import watch_client
+from streamchat.disconnect import ClientTimeout, read_body_within, watch_client
 from streamchat.validation import InvalidRequest, Limits, parse_chat_request
 
 bp = Blueprint("chat", __name__)
@@ -34,7 +34,12 @@ def chat():
     """Stream the assistant's reply to the conversation in the request body."""
     svc = service()
     settings = svc.settings
-    messages = parse_chat_request(request.get_data(cache=False), request.content_type,
+    try:
+        body = read_body_within(request.environ, lambda: request.get_data(cache=False), settings.client_timeout)
+    except ClientTimeout:
+        raise InvalidRequest(408, "request_timeout",
+                             f"The request body did not arrive within {settings.client_timeout:g} s.") from None
+    messages = parse_chat_request(body, request.content_type,
                                   Limits(settings.chat_max_messages, settings.chat_max_chars))
     g.user_text = messages[-1]["content"]
     watch = watch_client(request.environ)

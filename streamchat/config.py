@@ -160,8 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LLM_COOLDOWN", _non_negative_seconds, "30",
             "Seconds a provider is skipped after a 429, 5xx or timeout (longer if `retry-after` says so)."),
     Setting("LLM_POOL_SIZE", _positive_int, "1000", "Upstream connections kept open per provider and worker."),
-    Setting("CLIENT_SEND_TIMEOUT", _seconds, "60",
-            "Seconds a client may read nothing while its reply waits to be sent; then its stream is closed."),
+    Setting("CLIENT_TIMEOUT", _seconds, "60",
+            "Seconds a client may take to send its request body (408 after), and may read nothing while its "
+            "reply waits to be sent (then its stream is closed)."),
     Setting("CHAT_MAX_MESSAGES", _positive_int, "50", "Most messages accepted in one conversation."),
     Setting("CHAT_MAX_CHARS", _positive_int, "32000", "Most characters accepted across all messages."),
     Setting("CHAT_MAX_BODY_BYTES", _positive_int, "262144", "Largest request body in bytes (413 above it)."),

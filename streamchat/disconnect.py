@@ -1,4 +1,4 @@
-"""Notice a client that went away while the upstream is silent.
+"""Notice a client that went away while the upstream is silent, or that is slow to send its request.
 
 A WSGI app normally learns of a disconnect only when a write fails, which
 never happens while the model is still thinking. Under gevent we can do
@@ -9,17 +9,24 @@ raises ``ClientDisconnected`` in the request's greenlet wherever that is
 blocked, and the body generator's ``finally`` closes the upstream response.
 A bare watcher costs no greenlet of its own per request.
 
-Outside gevent (tests with Flask's client, the dev server) it does nothing.
+``read_body_within`` bounds the time a client may take to send its request
+body: gunicorn reads it only when the app asks, with no deadline of its own.
+
+Outside gevent (tests with Flask's client, the dev server) both do nothing.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Callable
 
 
 class ClientDisconnected(Exception):
     """The client closed its connection before the reply was complete."""
+
+
+class ClientTimeout(Exception):
+    """The client took longer than allowed to send its request body."""
 
 
 class ClientWatch:
@@ -64,6 +71,17 @@ def watch_client(environ: dict[str, Any]) -> ClientWatch:
     if sock is None or not _gevent_patched():
         return ClientWatch(None)
     return ClientWatch(sock)
+
+
+def read_body_within(environ: dict[str, Any], read: Callable[[], bytes], seconds: float) -> bytes:
+    """Return ``read()``; raise ``ClientTimeout`` if the client takes longer than ``seconds`` to send it."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None or not _gevent_patched():
+        return read()
+    import gevent
+
+    with gevent.Timeout(seconds, ClientTimeout):
+        return read()
 
 
 def _gevent_patched() -> bool:

@@ -8,7 +8,7 @@ it, and only what the kernel did not take goes through gevent's ``sendall``,
 which waits for the client to drain its buffer. Measured with 300 streams of
 300 chunks: 27.7 -> 25.2 µs of worker CPU per forwarded chunk.
 
-That wait is bounded: a client that reads nothing for ``CLIENT_SEND_TIMEOUT``
+That wait is bounded: a client that reads nothing for ``CLIENT_TIMEOUT``
 seconds would otherwise hold its stream, and the upstream connection behind
 it, for as long as it keeps the connection open. Either way the wait ends
 (the timeout, or the client watch seeing the client leave), gunicorn is told
@@ -36,7 +36,7 @@ class ClientSocket(gevent_socket.socket):
     """A gevent socket whose ``sendall`` tries one plain ``send`` first, and waits at most ``send_timeout``."""
 
     __slots__ = ()
-    send_timeout = 60.0  # set from CLIENT_SEND_TIMEOUT by StreamingWorker.load_wsgi
+    send_timeout = 60.0  # set from CLIENT_TIMEOUT by StreamingWorker.load_wsgi
 
     def sendall(self, data, flags=0):
         try:
@@ -66,7 +66,7 @@ class StreamingWorker(GeventWorker):
 
     def load_wsgi(self):
         super().load_wsgi()  # imports wsgi.py, which reads the .env file
-        ClientSocket.send_timeout = load_settings().client_send_timeout
+        ClientSocket.send_timeout = load_settings().client_timeout
 
     def handle(self, listener, client, addr):
         if type(client) is gevent_socket.socket:  # not a TLS socket: those keep their own sendall

@@ -234,19 +234,38 @@ def test_a_client_leaving_while_its_reply_waits_to_be_sent_is_not_an_error(live,
     assert "Error handling request" not in live.log()[log_start:]
 
 
-def test_a_client_that_reads_nothing_is_given_up_on(fake, log_dir):
-    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", CLIENT_SEND_TIMEOUT="1") as server:
-        sock = open_stalled_reader(server, "stalled-idle")
-        # The client keeps its connection open and never reads: after 1 s the service lets go.
-        assert fake.wait_for(lambda: (r := fake.find("stalled-idle")) and r.peer_closed), "still streaming"
-        assert "ended=client_gone" in access_line(server, "stalled-idle")
-        assert "the client read nothing for 1 s: closing its stream" in server.log()
-        assert "Error handling request" not in server.log()
-        received = 0
-        while piece := sock.recv(1 << 20):  # what was buffered, then the end of the connection
-            received += len(piece)
-        assert 0 < received < 20_000_000
-        sock.close()
+@pytest.fixture(scope="module")
+def impatient(fake, log_dir):
+    """gunicorn that lets a client stall for 1 s only."""
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", CLIENT_TIMEOUT="1") as server:
+        yield server
+
+
+def test_a_client_that_reads_nothing_is_given_up_on(impatient, fake):
+    sock = open_stalled_reader(impatient, "stalled-idle")
+    # The client keeps its connection open and never reads: after 1 s the service lets go.
+    assert fake.wait_for(lambda: (r := fake.find("stalled-idle")) and r.peer_closed), "still streaming"
+    assert "ended=client_gone" in access_line(impatient, "stalled-idle")
+    assert "the client read nothing for 1 s: closing its stream" in impatient.log()
+    assert "Error handling request" not in impatient.log()
+    received = 0
+    while piece := sock.recv(1 << 20):  # what was buffered, then the end of the connection
+        received += len(piece)
+    assert 0 < received < 20_000_000
+    sock.close()
+
+
+def test_a_request_body_that_does_not_arrive_in_time_is_a_408(impatient):
+    host, port = impatient.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"messages\": [")  # and the rest never comes
+        answer = b""
+        while piece := sock.recv(65536):  # the error, then the connection closes
+            answer += piece
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert json.loads(body)["error"]["code"] == "request_timeout"
 
 
 def test_upstream_connections_are_reused(live, fake):
