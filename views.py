@@ -24,8 +24,9 @@ def service():
 
 @bp.get("/")
 def index():
-    """Serve the chat page."""
-    return render_template("index.html")
+    """Serve the chat page, with the conversation limits it must keep to."""
+    settings = service().settings
+    return render_template("index.html", max_messages=settings.chat_max_messages, max_chars=settings.chat_max_chars)
 
 
 @bp.post("/api/chat")

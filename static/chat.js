@@ -5,7 +5,6 @@
 (() => {
   const STORAGE_KEY = "streamchat.thread.v1";
   const CUT_SHORT_MARK = "\n\n[Reply cut short:"; // the server ends a broken stream with this notice
-  const MAX_HISTORY = 40; // messages sent back to the server (its limit is CHAT_MAX_MESSAGES)
 
   const $ = (id) => document.getElementById(id);
   const threadEl = $("thread");
@@ -20,6 +19,8 @@
   const retryButton = $("retry");
   const modeBadge = $("mode");
   const template = $("message-template");
+  // The server's CHAT_MAX_MESSAGES and CHAT_MAX_CHARS, given to the page.
+  const limits = { messages: Number(form.dataset.maxMessages) || 50, chars: Number(form.dataset.maxChars) || 32000 };
 
   let thread = loadThread(); // [{role, content, meta}]
   let controller = null; // the AbortController of the reply in progress
@@ -150,11 +151,21 @@
 
   // -- talking to the server ---------------------------------------------------------------
 
+  // The newest messages that fit the server's limits, so a long chat keeps working: older turns drop
+  // out of what the model sees. The new message always goes, so one too long on its own gets the
+  // server's own error.
   function history() {
-    return thread
-      .filter((m) => m.content.trim() && !(m.meta && m.meta.failed))
-      .slice(-MAX_HISTORY)
-      .map((m) => ({ role: m.role, content: m.content }));
+    const usable = thread.filter((m) => m.content.trim() && !(m.meta && m.meta.failed));
+    const picked = [];
+    let chars = 0;
+    for (let i = usable.length - 1; i >= 0; i -= 1) {
+      const size = usable[i].content.length; // UTF-16 units: never fewer than the server counts
+      if (picked.length && (picked.length >= limits.messages || chars + size > limits.chars)) break;
+      picked.unshift({ role: usable[i].role, content: usable[i].content });
+      chars += size;
+    }
+    while (picked.length > 1 && picked[0].role !== "user") picked.shift(); // the user speaks first
+    return picked;
   }
 
   async function errorMessage(response) {

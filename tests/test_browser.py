@@ -173,6 +173,22 @@ def test_sends_the_whole_conversation(live, fake, open_page):
     assert roles == ["user", "assistant", "user"]
 
 
+def test_a_long_chat_sends_the_newest_messages_that_fit_the_limits(live, fake, open_page):
+    # 60 saved messages of 1,500 characters: far over CHAT_MAX_MESSAGES (50) and CHAT_MAX_CHARS (32,000).
+    page = open_page(live)
+    saved = [{"role": "user" if n % 2 == 0 else "assistant", "content": f"message {n} " + "x" * 1488,
+              "meta": {}} for n in range(60)]
+    page.evaluate("thread => localStorage.setItem('streamchat.thread.v1', JSON.stringify(thread))", saved)
+    page.reload()
+    say(page, "latest", text="still answering", id="b-long")
+    last_reply(page).locator(".content", has_text="still answering").wait_for()
+    assert not page.is_visible("#error")
+    sent = [m for m in fake.find("b-long").body["messages"] if m["role"] != "system"]
+    assert sum(len(m["content"]) for m in sent) <= 32_000
+    assert sent[0]["role"] == "user"
+    assert sent[-2]["content"].startswith("message 59 ") and sent[-1]["content"].startswith("latest")
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("device, viewport", [("desktop", {"width": 1280, "height": 800}),
                                               ("phone", {"width": 390, "height": 844})])
