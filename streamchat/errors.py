@@ -2,7 +2,7 @@
 
 Every failure of an upstream model is one of these, raised by the providers
 and mapped from ``requests``/``urllib3`` exceptions in exactly one place
-(``streamchat.providers.base.translate_errors``)::
+(``streamchat.providers.failures.translate_errors``)::
 
     ProviderError                  any failure; ``reason`` is the X-Terminal-Reason
     ├── ProviderUnavailable        worth retrying later: the circuit breaker skips the provider a while

@@ -7,7 +7,8 @@ import pytest
 from streamchat.errors import (BadStream, ProviderRejected, RateLimited, UpstreamServerError, UpstreamTimeout)
 from streamchat.providers import AnthropicMessages, OpenAIChat, Timeouts
 from streamchat.providers.anthropic import _alternating
-from streamchat.providers.base import EndOfStream, error_for_status, parse_retry_after
+from streamchat.providers.base import EndOfStream
+from streamchat.providers.failures import error_for_status, parse_retry_after
 from streamchat.sse import ServerSentEvent
 
 

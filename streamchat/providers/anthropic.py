@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..sse import ServerSentEvent
-from .base import EndOfStream, Provider, in_stream_error, load_json_event
+from .base import EndOfStream, Provider, load_json_event
+from .failures import in_stream_error
 
 ANTHROPIC_VERSION = "2023-06-01"
 

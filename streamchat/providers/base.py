@@ -1,41 +1,31 @@
-"""What every provider shares: the HTTP call, error mapping and the timed read loop.
+"""What every provider shares: the HTTP call and the timed read loop.
 
 A provider subclass declares its ``name``, the environment variables it reads
 and its default model, and implements three small methods: ``build_request``
 (URL, headers, JSON body), ``parse_event`` (one SSE event to text) and
 ``parse_json_body`` (for a proxy that ignored ``"stream": true``).
-``Provider.stream()`` is the one generator the rest of the app uses.
+``Provider.stream()`` is the one generator the rest of the app uses; how a
+body is read is in ``body.py``, how failures are named in ``failures.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import functools
 import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterator
 
 import requests
-import urllib3.exceptions
 
-from ..errors import (
-    BadStream,
-    ProviderError,
-    ProviderRejected,
-    RateLimited,
-    UpstreamServerError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-)
-from ..chunked import ChunkedDecoder, ChunkedFramingError
+from ..errors import BadStream, UpstreamTimeout
 from ..sse import ServerSentEvent, SSEDecoder
+from .body import ChunkedBody, raw_reader
+from .failures import error_for_status, translate_errors
 from .pool import POOL_CLASSES
-from .socket_reader import socket_reader, turn_passer
 
-READ_SIZE = 65536
 ERROR_BODY_LIMIT = 65536
 JSON_BODY_LIMIT = 4 * 1024 * 1024
 USER_AGENT = "streamchat/1.0"
@@ -90,139 +80,6 @@ def json_body(body: dict[str, Any]) -> bytes:
     a conversation in French, Russian or Japanese.
     """
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-
-
-@contextlib.contextmanager
-def translate_errors(provider: str) -> Iterator[None]:
-    """Map ``requests``, ``urllib3`` and socket exceptions to the ``streamchat.errors`` tree."""
-    try:
-        yield
-    except ProviderError:
-        raise
-    except ChunkedFramingError as exc:
-        raise BadStream(f"broken chunked framing: {exc}", provider=provider) from exc
-    except (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError) as exc:
-        raise UpstreamTimeout(f"connect timed out: {exc}", provider=provider) from exc
-    except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as exc:
-        raise UpstreamTimeout(f"read timed out: {exc}", provider=provider) from exc
-    except (requests.exceptions.ConnectionError, urllib3.exceptions.ProtocolError,
-            urllib3.exceptions.HTTPError, requests.exceptions.ChunkedEncodingError, OSError) as exc:
-        raise UpstreamUnreachable(f"connection failed: {exc}", provider=provider) from exc
-    except requests.exceptions.RequestException as exc:
-        raise UpstreamUnreachable(f"request failed: {exc}", provider=provider) from exc
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Return the seconds a 429 asks us to wait (``retry-after-ms``, or ``retry-after`` seconds or date)."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        with contextlib.suppress(ValueError):
-            return max(0.0, float(millis) / 1000)
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    with contextlib.suppress(ValueError):
-        return max(0.0, float(value))
-    with contextlib.suppress(TypeError, ValueError, IndexError):
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-        return max(0.0, when - (time.time() if now is None else now))
-    return None
-
-
-def error_for_status(provider: str, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
-    """Return the error that an HTTP error status from the provider means."""
-    detail = _error_message(body) or f"HTTP {status}"
-    message = f"{provider} answered {status}: {detail}"
-    if status == 429:
-        return RateLimited(message, provider=provider, status=status, retry_after=parse_retry_after(headers))
-    if status in (408, 504):
-        return UpstreamTimeout(message, provider=provider, status=status)
-    if status >= 500:
-        return UpstreamServerError(message, provider=provider, status=status)
-    return ProviderRejected(message, provider=provider, status=status)
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        payload = json.loads(body)
-        error = payload.get("error", payload)
-        if isinstance(error, dict):
-            return str(error.get("message") or error.get("type") or "")[:300]
-        return str(error)[:300]
-    except (ValueError, AttributeError, RecursionError):
-        return body[:200].decode("utf-8", "replace").strip()
-
-
-class ChunkedBody:
-    """Read a chunked body straight from the connection's socket, one network read at a time.
-
-    ``urllib3`` and ``http.client`` would cost a trip through several layers for
-    every HTTP chunk, and streams send one chunk per event; here one read decodes
-    every chunk it holds. At the end the connection goes back to the pool.
-    """
-
-    def __init__(self, response: requests.Response, fp: Any, sock: Any):
-        self.response = response
-        self.decoder = ChunkedDecoder()
-        # First the bytes http.client buffered while parsing the headers (read1 of more than the
-        # buffer's size returns them all), then the socket itself, one layer closer to the network.
-        self._buffered = fp
-        self._sock = sock
-        self._reader = socket_reader(sock)
-
-    @classmethod
-    def of(cls, response: requests.Response) -> "ChunkedBody | None":
-        """Return a reader for ``response``, or None when it is not a plain chunked body we can read."""
-        raw_response = getattr(response.raw, "_fp", None)  # http.client.HTTPResponse
-        fp = getattr(raw_response, "fp", None)
-        sock = _socket_of(response)
-        if (fp is None or sock is None or not getattr(raw_response, "chunked", False)
-                or raw_response.chunk_left is not None
-                or response.headers.get("content-encoding", "identity").lower() != "identity"):
-            return None
-        return cls(response, fp, sock)
-
-    def read(self, timeout: float) -> bytes:
-        """Return the next payload bytes, waiting ``timeout`` seconds at most; b"" after the last chunk."""
-        decoder = self.decoder
-        while not decoder.done:
-            if self._buffered is not None:
-                self._sock.settimeout(timeout)
-                data, self._buffered = self._buffered.read1(READ_SIZE), None
-                if not self.response.raw._fp.will_close:
-                    # Free its read buffer: from here on we read the socket. Not when the upstream closes
-                    # after this response: http.client has let go of the socket, and closing its reader
-                    # would close the socket under us.
-                    self.response.raw._fp._close_conn()
-            else:
-                data = self._reader.recv(READ_SIZE, timeout)
-            if not data:
-                raise UpstreamUnreachable("the upstream closed the connection in the middle of the body")
-            payload = decoder.feed(data)
-            if decoder.done:
-                self._release()
-            if payload:
-                return payload
-        return b""
-
-    def close(self) -> None:
-        """Stop watching the socket; call before the connection is closed or reused."""
-        self._reader.close()
-
-    def _release(self) -> None:
-        # Tell http.client the body is over, then hand the connection back to urllib3's pool.
-        self.close()
-        self.response.raw._fp.chunk_left = None
-        self.response.raw.release_conn()
-
-
-def _socket_of(response: requests.Response) -> Any:
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is None:  # http.client lets go of a connection that closes after this response: ask its reader
-        reader = getattr(getattr(response.raw, "_fp", None), "fp", None)  # BufferedReader over a SocketIO
-        sock = getattr(getattr(reader, "raw", None), "_sock", None)
-    return sock
 
 
 class Provider:
@@ -311,7 +168,7 @@ class Provider:
         first_text_deadline = started + timeouts.first_token
         end = started + timeouts.max_duration
         body = ChunkedBody.of(response)
-        read = body.read if body is not None else self._raw_reader(response)
+        read = body.read if body is not None else raw_reader(response)
         decoder = SSEDecoder()
         seen_text = False
         ended = False
@@ -343,21 +200,6 @@ class Provider:
                 body.close()
         if not seen_text:
             raise BadStream(f"{self.name} stream ended before any text", provider=self.name)
-
-    @staticmethod
-    def _raw_reader(response: requests.Response) -> Callable[[float], bytes]:
-        # Not a plain chunked body (HTTP/1.0, content-encoded...): let urllib3 decode it.
-        sock = _socket_of(response)
-        pass_turn = turn_passer(sock)
-
-        def read(timeout: float) -> bytes:
-            if sock is not None:
-                sock.settimeout(timeout)
-            # requests leaves decoding to its own iterators: ask urllib3 to undo gzip/deflate here.
-            data = response.raw.read1(READ_SIZE, decode_content=True)
-            pass_turn()  # data that was waiting came without a switch: let the other streams run
-            return data
-        return read
 
     def _text_of(self, events: list[ServerSentEvent]) -> tuple[str, bool]:
         """Return the text of ``events`` joined, and whether the end marker was among them."""
@@ -406,16 +248,3 @@ def load_json_event(provider: str, data: str) -> Any:
     except (ValueError, RecursionError):
         raise BadStream(f"{provider} sent an event that is not JSON: {data[:80]!r}", provider=provider) from None
 
-
-def in_stream_error(provider: str, error: Any) -> ProviderError:
-    """Return the error that an error object inside a 200 stream stands for."""
-    if isinstance(error, dict):
-        kind = str(error.get("type") or "")
-        code = str(error.get("code") or "")
-        message = str(error.get("message") or kind or code or error)[:300]
-    else:
-        kind = code = ""
-        message = str(error)[:300]
-    if "rate_limit" in kind or code in ("429", "rate_limit_exceeded"):
-        return RateLimited(f"{provider} stream error: {message}", provider=provider)
-    return UpstreamServerError(f"{provider} stream error: {message}", provider=provider)

@@ -1,0 +1,104 @@
+"""How upstream failures become the ``streamchat.errors`` tree.
+
+Three ways a provider fails, each mapped here and nowhere else: exceptions of
+``requests``, ``urllib3`` and sockets (``translate_errors``), an HTTP error
+status (``error_for_status``, with ``parse_retry_after``), and an error object
+inside a 200 stream (``in_stream_error``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import time
+from typing import Any, Iterator, Mapping
+
+import requests
+import urllib3.exceptions
+
+from ..chunked import ChunkedFramingError
+from ..errors import (
+    BadStream,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+    UpstreamServerError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+
+@contextlib.contextmanager
+def translate_errors(provider: str) -> Iterator[None]:
+    """Map ``requests``, ``urllib3`` and socket exceptions to the ``streamchat.errors`` tree."""
+    try:
+        yield
+    except ProviderError:
+        raise
+    except ChunkedFramingError as exc:
+        raise BadStream(f"broken chunked framing: {exc}", provider=provider) from exc
+    except (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError) as exc:
+        raise UpstreamTimeout(f"connect timed out: {exc}", provider=provider) from exc
+    except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+        raise UpstreamTimeout(f"read timed out: {exc}", provider=provider) from exc
+    except (requests.exceptions.ConnectionError, urllib3.exceptions.ProtocolError,
+            urllib3.exceptions.HTTPError, requests.exceptions.ChunkedEncodingError, OSError) as exc:
+        raise UpstreamUnreachable(f"connection failed: {exc}", provider=provider) from exc
+    except requests.exceptions.RequestException as exc:
+        raise UpstreamUnreachable(f"request failed: {exc}", provider=provider) from exc
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Return the seconds a 429 asks us to wait (``retry-after-ms``, or ``retry-after`` seconds or date)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(millis) / 1000)
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(value))
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+        return max(0.0, when - (time.time() if now is None else now))
+    return None
+
+
+def error_for_status(provider: str, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+    """Return the error that an HTTP error status from the provider means."""
+    detail = _error_message(body) or f"HTTP {status}"
+    message = f"{provider} answered {status}: {detail}"
+    if status == 429:
+        return RateLimited(message, provider=provider, status=status, retry_after=parse_retry_after(headers))
+    if status in (408, 504):
+        return UpstreamTimeout(message, provider=provider, status=status)
+    if status >= 500:
+        return UpstreamServerError(message, provider=provider, status=status)
+    return ProviderRejected(message, provider=provider, status=status)
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        payload = json.loads(body)
+        error = payload.get("error", payload)
+        if isinstance(error, dict):
+            return str(error.get("message") or error.get("type") or "")[:300]
+        return str(error)[:300]
+    except (ValueError, AttributeError, RecursionError):
+        return body[:200].decode("utf-8", "replace").strip()
+
+
+def in_stream_error(provider: str, error: Any) -> ProviderError:
+    """Return the error that an error object inside a 200 stream stands for."""
+    if isinstance(error, dict):
+        kind = str(error.get("type") or "")
+        code = str(error.get("code") or "")
+        message = str(error.get("message") or kind or code or error)[:300]
+    else:
+        kind = code = ""
+        message = str(error)[:300]
+    if "rate_limit" in kind or code in ("429", "rate_limit_exceeded"):
+        return RateLimited(f"{provider} stream error: {message}", provider=provider)
+    return UpstreamServerError(f"{provider} stream error: {message}", provider=provider)
