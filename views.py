@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request, stream_with_context
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from protection import chat_rate_limit, limiter, rate_limit_off, storage_health
 from streamchat.disconnect import ClientTimeout, read_body_within, watch_client
@@ -36,7 +37,7 @@ def chat():
     svc = service()
     settings = svc.settings
     try:
-        body = read_body_within(request.environ, lambda: request.get_data(cache=False), settings.client_timeout)
+        body = read_body_within(request.environ, _request_body, settings.client_timeout)
     except ClientTimeout:
         raise InvalidRequest(408, "request_timeout",
                              f"The request body did not arrive within {settings.client_timeout:g} s.") from None
@@ -59,6 +60,16 @@ def chat():
     if stats.mode == "fallback":
         response.headers["X-Terminal-Reason"] = stats.reason
     return response
+
+
+def _request_body() -> bytes:
+    body = request.get_data(cache=False)
+    # A chunked body has no Content-Length: werkzeug stops reading it at MAX_CONTENT_LENGTH without a word,
+    # and the cut JSON would be reported as malformed. One more byte on the wire means it was too large.
+    if request.content_length is None and len(body) >= current_app.config["MAX_CONTENT_LENGTH"]:
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    return body
 
 
 @bp.get("/healthz")

@@ -124,6 +124,24 @@ def test_upstream_request_carries_the_server_system_prompt_and_no_client_key(liv
     assert record.headers["accept-encoding"] == "identity"
 
 
+@pytest.mark.parametrize("prompt, status", [("hi", 200), ("x" * 300_000, 413)])  # the cap is 262,144 bytes
+def test_a_chunked_request_body_is_read_whole_or_refused_as_too_large(live, prompt, status):
+    # Some clients (a fetch() of a stream, proxies) send the body chunked, with no Content-Length.
+    body = json.dumps(chat_body(prompt)).encode()
+    host, port = live.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=15)
+    try:
+        conn.request("POST", "/api/chat", body=(body[i:i + 4096] for i in range(0, len(body), 4096)),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        response = conn.getresponse()
+        answer = response.read()
+    finally:
+        conn.close()
+    assert response.status == status
+    if status == 413:  # not a JSON error about the body cut at the cap
+        assert json.loads(answer)["error"]["code"] == "request_entity_too_large"
+
+
 def test_upstream_request_is_compact_utf8_json(live, fake):
     text = "Привет, 世界! Ça va ?"
     status, _, _ = request(live.url, "POST", "/api/chat", chat_body(text, id="utf8"))
