@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request, stream_with_context
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from protection import chat_rate_limit, limiter, rate_limit_off, storage_health
+from protection import limit_chat, storage_health
 from streamchat.disconnect import ClientTimeout, read_body_within, watch_client
 from streamchat.validation import InvalidRequest, Limits, parse_chat_request
 
@@ -31,7 +31,7 @@ def index():
 
 
 @bp.post("/api/chat")
-@limiter.limit(chat_rate_limit, methods=["POST"], exempt_when=rate_limit_off)
+@limit_chat
 def chat():
     """Stream the assistant's reply to the conversation in the request body."""
     svc = service()
