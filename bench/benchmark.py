@@ -3,7 +3,7 @@
 Run it with ``bench/run`` (``--quick`` for a smoke run). It starts the fake
 upstream and gunicorn (one gevent worker) on loopback, drives both with the
 asynchronous load generator in ``bench/loadgen.py``, and writes
-``BENCHMARKS.md`` and ``bench/results.json``. Every figure of the service is
+``BENCHMARKS.md`` and ``BENCHMARKS.json`` beside it. Every figure of the service is
 also given against the same load sent straight to the fake upstream in the
 same run: on a shared 2-core machine absolute times are noise, ratios are not.
 """
@@ -90,6 +90,17 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def open_sockets(pid: int) -> int:
+    """Count the sockets ``pid`` holds open: listening, client and upstream connections."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:  # closed since the listing
+            pass
+    return count
+
+
 def worker_pid(master: int) -> int:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -119,6 +130,23 @@ class Service:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+def settled_sockets(pid: int, expected: int | None, seconds: float = 5) -> int:
+    """Return the worker's open sockets once the count stops changing, or reaches ``expected``.
+
+    The last health check's connection may still be closing on the worker's side: look again,
+    a bounded number of times, before calling what is left a leak.
+    """
+    deadline = time.monotonic() + seconds
+    count = open_sockets(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        again = open_sockets(pid)
+        if again == count and (expected is None or again <= expected):
+            break
+        count = again
+    return count
 
 
 def percentile(values, q):
@@ -291,6 +319,7 @@ class Bench:
         count = 200
         service = Service(self.logs, OPENAI_BASE_URL=f"http://{HOST}:{self.fake_port}/v1")
         try:
+            sockets_before = settled_sockets(service.worker, None)
             generating = self.via_service(service, id="ag")
             silent = self.via_service(service, id="as", fault="stall_after", after=1)
 
@@ -315,6 +344,9 @@ class Bench:
                     break
                 time.sleep(0.1)
             stats = get_json(f"http://{HOST}:{self.fake_port}/_fake/stats")
+            # Every request's greenlet holds its client socket until it ends, and an upstream socket
+            # stays open until its stream is closed: a leak of either keeps a socket open here.
+            sockets_after = settled_sockets(service.worker, sockets_before)
         finally:
             service.stop()
         figures = {"streams": count, "hung_up": sum(1 for r in results if r.closed_at)}
@@ -326,6 +358,8 @@ class Bench:
                             f"{kind}_close_p99_ms": ms(percentile(lags, 99)), f"{kind}_never_closed": missing})
         figures["open_streams_after"] = health.get("open_streams")
         figures["upstream_requests_still_open"] = stats["open"]
+        figures["worker_sockets_before"] = sockets_before
+        figures["worker_sockets_after"] = sockets_after
         return figures
 
 

@@ -28,5 +28,6 @@ def test_quick_benchmark_runs_every_scenario_and_writes_its_report(tmp_path):
     assert aborts["hung_up"] == 200
     assert (aborts["generating_never_closed"], aborts["silent_never_closed"]) == (0, 0)
     assert (aborts["open_streams_after"], aborts["upstream_requests_still_open"]) == (0, 0)
+    assert aborts["worker_sockets_after"] == aborts["worker_sockets_before"] > 0
     text = report.read_text()
     assert "## Targets" in text and "1,000 streams: all complete | 1000 | yes" in text
