@@ -360,6 +360,7 @@ class Bench:
         figures["upstream_requests_still_open"] = stats["open"]
         figures["worker_sockets_before"] = sockets_before
         figures["worker_sockets_after"] = sockets_after
+        figures["worker_sockets_leaked"] = sockets_after - sockets_before
         return figures
 
 
@@ -375,6 +376,8 @@ TARGETS = [
     ("bursts", "ttfb_p99_service_ms", "<=", 50.0, "bursts: TTFB p99 ≤ 50 ms"),
     ("aborts", "generating_close_p99_ms", "<=", 50.0, "aborts: upstream closed ≤ 50 ms p99 (generating)"),
     ("aborts", "silent_close_p99_ms", "<=", 50.0, "aborts: upstream closed ≤ 50 ms p99 (silent)"),
+    ("aborts", "upstream_requests_still_open", "<=", 0, "aborts: no upstream request left open"),
+    ("aborts", "worker_sockets_leaked", "<=", 0, "aborts: no socket left open in the worker"),
 ]
 
 

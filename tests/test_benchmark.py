@@ -31,3 +31,4 @@ def test_quick_benchmark_runs_every_scenario_and_writes_its_report(tmp_path):
     assert aborts["worker_sockets_after"] == aborts["worker_sockets_before"] > 0
     text = report.read_text()
     assert "## Targets" in text and "1,000 streams: all complete | 1000 | yes" in text
+    assert "aborts: no socket left open in the worker | 0 | yes" in text
