@@ -3,9 +3,10 @@
 Run it with ``bench/run`` (``--quick`` for a smoke run). It starts the fake
 upstream and gunicorn (one gevent worker) on loopback, drives both with the
 asynchronous load generator in ``bench/loadgen.py``, and writes
-``BENCHMARKS.md`` and ``BENCHMARKS.json`` beside it. Every figure of the service is
-also given against the same load sent straight to the fake upstream in the
-same run: on a shared 2-core machine absolute times are noise, ratios are not.
+``BENCHMARKS.md`` and ``BENCHMARKS.json`` beside it. Every figure of the
+service is also given against the same load sent straight to the fake upstream
+in the same run: on a shared 2-core machine absolute times are noise, ratios
+are not.
 """
 
 from __future__ import annotations
@@ -101,6 +102,23 @@ def open_sockets(pid: int) -> int:
     return count
 
 
+def settled_sockets(pid: int, expected: int | None, seconds: float = 5) -> int:
+    """Return the worker's open sockets once the count stops changing and is at most ``expected``.
+
+    The last health check's connection may still be closing on the worker's side: look again,
+    a bounded number of times, before calling what is left a leak.
+    """
+    deadline = time.monotonic() + seconds
+    count = open_sockets(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        again = open_sockets(pid)
+        if again == count and (expected is None or again <= expected):
+            break
+        count = again
+    return count
+
+
 def worker_pid(master: int) -> int:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -130,23 +148,6 @@ class Service:
 
     def stop(self) -> None:
         self.process.stop()
-
-
-def settled_sockets(pid: int, expected: int | None, seconds: float = 5) -> int:
-    """Return the worker's open sockets once the count stops changing, or reaches ``expected``.
-
-    The last health check's connection may still be closing on the worker's side: look again,
-    a bounded number of times, before calling what is left a leak.
-    """
-    deadline = time.monotonic() + seconds
-    count = open_sockets(pid)
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        again = open_sockets(pid)
-        if again == count and (expected is None or again <= expected):
-            break
-        count = again
-    return count
 
 
 def percentile(values, q):
