@@ -28,6 +28,7 @@ class StreamingResponse(Response):
     (5,720 -> 4,632 bytes a stream, measured). Here ``iter()`` gives the server the body
     itself, and ``close()``, which every WSGI server calls, is the response's: it closes
     the body and runs the ``call_on_close`` callbacks (the access log), as before.
+    The body must yield bytes: nothing encodes ``str`` items on the way any more.
     """
 
     def get_app_iter(self, environ):
