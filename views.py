@@ -72,12 +72,9 @@ def chat():
     """Stream the assistant's reply to the conversation in the request body."""
     svc = service()
     settings = svc.settings
-    try:
-        body = read_body_within(request.environ, _request_body, settings.client_timeout)
-    except ClientTimeout:
-        raise InvalidRequest(408, "request_timeout",
-                             f"The request body did not arrive within {settings.client_timeout:g} s.") from None
-    messages = parse_chat_request(body, request.content_type,
+    # No name keeps the body once it is parsed: while the first token is awaited, a stream holds the
+    # conversation once, not also as the JSON it came in (up to six bytes a character: "\u00e9").
+    messages = parse_chat_request(_request_body_within(settings.client_timeout), request.content_type,
                                   Limits(settings.chat_max_messages, settings.chat_max_chars))
     g.user_text = messages[-1]["content"]
     watch = watch_client(request.environ)
@@ -96,6 +93,13 @@ def chat():
     if stats.mode == "fallback":
         response.headers["X-Terminal-Reason"] = stats.reason
     return response
+
+
+def _request_body_within(seconds: float) -> bytes:
+    try:
+        return read_body_within(request.environ, _request_body, seconds)
+    except ClientTimeout:
+        raise InvalidRequest(408, "request_timeout", f"The request body did not arrive within {seconds:g} s.") from None
 
 
 def _request_body() -> bytes:

@@ -11,6 +11,7 @@ still alive once the first chunk has arrived.
 from __future__ import annotations
 
 import gc
+import json
 import tracemalloc
 
 import pytest
@@ -64,6 +65,34 @@ def test_an_open_stream_holds_no_copy_of_the_conversation(client, fake):
     assert first  # the stream is open, waiting for the next token
     assert fake.find("long").headers["content-type"] == "application/json"
     assert held < HELD_LIMIT, f"an open stream holds {held} bytes"
+
+
+def test_while_the_first_token_is_awaited_the_request_body_is_not_held(client, fake, monkeypatch):
+    # The relay waits for the first token (seconds, with a slow model) and keeps the conversation for a
+    # fallback; the JSON it came in must be gone by then: as "\u00e9" escapes it is six times the text.
+    client.post("/api/chat", json=chat_body("warm up", tokens=1)).close()
+    relay = client.application.extensions["streamchat"].relay
+    held = []
+
+    def open_and_measure(*args, **kwargs):
+        gc.collect()
+        traces = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(True, pattern, all_frames=True) for pattern in APP_FILES]).traces
+        held.append(sum(trace.size for trace in traces))
+        return type(relay).open(relay, *args, **kwargs)
+
+    monkeypatch.setattr(relay, "open", open_and_measure)
+    payload = json.dumps(long_conversation("waiting")).encode()  # ASCII: every "é" sent as "\u00e9"
+    gc.collect()
+    tracemalloc.start(100)
+    try:
+        with client.post("/api/chat", data=payload, content_type="application/json") as response:
+            assert response.status_code == 200
+    finally:
+        tracemalloc.stop()
+    text_bytes = CONVERSATION_CHARS  # one byte a character for "é" in a Python str
+    assert len(payload) > 6 * text_bytes
+    assert held and held[0] < 2 * text_bytes, f"{held[0]} bytes held for a {len(payload)}-byte body"
 
 
 def test_the_access_log_keeps_only_the_start_of_the_message(client, caplog):
