@@ -84,9 +84,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak resident memory in MB (``field="VmRSS"``: its resident memory now)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -119,6 +120,17 @@ def settled_sockets(pid: int, expected: int | None, seconds: float = 5) -> int:
     return count
 
 
+def wait_tcp(port: int, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {HOST}:{port}")
+
+
 def worker_pid(master: int) -> int:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -129,7 +141,21 @@ def worker_pid(master: int) -> int:
     raise RuntimeError("no gunicorn worker")
 
 
-class Service:
+class Proxy:
+    """A process under test: ``port`` to send streams to, ``worker`` the process to measure."""
+
+    port: int
+    worker: int
+    process: Process
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.worker)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class Service(Proxy):
     """gunicorn with one gevent worker, as the Procfile runs it."""
 
     def __init__(self, logs: Path, **env: str):
@@ -143,11 +169,16 @@ class Service:
         wait_http(f"http://{HOST}:{self.port}/healthz")
         self.worker = worker_pid(self.process.popen.pid)
 
-    def cpu(self) -> float:
-        return cpu_seconds(self.worker)
 
-    def stop(self) -> None:
-        self.process.stop()
+class FloorProxy(Proxy):
+    """``floor_proxy.py`` with the service's libraries loaded: the least the same streams can cost here."""
+
+    def __init__(self, logs: Path, upstream_port: int):
+        self.port = free_port()
+        self.process = Process([sys.executable, str(ROOT / "bench" / "floor_proxy.py"), str(self.port),
+                                str(upstream_port), "--stack-imports"], dict(os.environ), logs / f"floor-{self.port}.log")
+        wait_tcp(self.port)
+        self.worker = self.process.popen.pid
 
 
 def percentile(values, q):
@@ -160,6 +191,10 @@ def percentile(values, q):
 
 def ms(value):
     return None if value is None else round(value * 1000, 2)
+
+
+def per_million(total, count):
+    return round(total / count * 1e6, 1) if count else None
 
 
 def ratio(a, b):
@@ -187,7 +222,7 @@ class Bench:
 
     # -- request builders -----------------------------------------------------------------------
 
-    def via_service(self, service: Service, **fake):
+    def via_service(self, service: Proxy, **fake):
         def make(n):
             tag = f"{fake.get('id', 's')}-{n}"
             return tag, build_request(HOST, service.port, "/api/chat", message({**fake, "id": tag}))
@@ -209,15 +244,18 @@ class Bench:
         count = 10 if self.quick else 50
         service = Service(self.logs, OPENAI_BASE_URL=f"http://{HOST}:{self.fake_port}/v1")
         try:
-            direct, proxied = [], []
-            for n in range(count):  # alternate, so drift on the machine hits both alike
-                direct += self.run(concurrent_streams(HOST, self.fake_port, self.direct(id="1d"), 1, direct=True,
-                                                      ramp=0, deadline=time.perf_counter() + 30))
-                proxied += self.run(concurrent_streams(HOST, service.port, self.via_service(service, id="1p"), 1,
-                                                       direct=False, ramp=0, deadline=time.perf_counter() + 30))
+            direct, proxied = self.in_turn_with_direct(service, "1p", count)
         finally:
             service.stop()
-        figures = {"requests": count, "errors": sum(not r.ok for r in proxied)}
+        # The floor runs as the service did, in turn with direct requests: three in a row would leave
+        # each proxy idle twice as long between its requests, and its caches colder (see the README).
+        floor = FloorProxy(self.logs, self.fake_port)
+        try:
+            floor_direct, floored = self.in_turn_with_direct(floor, "1f", count // 2)
+        finally:
+            floor.stop()
+        figures = {"requests": count, "errors": sum(not r.ok for r in proxied),
+                   "floor_requests": count // 2, "floor_errors": sum(not r.ok for r in floored)}
         for name, key in (("ttfb", "ttfb"), ("completion", "total")):
             for q in (50, 99):
                 d = percentile([getattr(r, key) for r in direct], q)
@@ -226,33 +264,41 @@ class Bench:
                 figures[f"{name}_p{q}_service_ms"] = ms(p)
                 figures[f"{name}_p{q}_added_ms"] = ms(p - d) if p is not None and d is not None else None
                 figures[f"{name}_p{q}_ratio"] = ratio(p, d)
+                fd = percentile([getattr(r, key) for r in floor_direct], q)
+                f = percentile([getattr(r, key) for r in floored], q)
+                figures[f"floor_{name}_p{q}_added_ms"] = ms(f - fd) if f is not None and fd is not None else None
         return figures
 
-    def concurrent(self, count: int) -> dict:
+    def in_turn_with_direct(self, proxy: Proxy, tag: str, count: int) -> tuple[list, list]:
+        """Send ``count`` single requests straight to the upstream and through ``proxy``, in turn."""
+        direct, proxied = [], []
+        for _ in range(count):  # in turn, so drift on the machine hits both alike
+            direct += self.one_stream(self.fake_port, self.direct(id=tag + "d"), direct=True)
+            proxied += self.one_stream(proxy.port, self.via_service(proxy, id=tag))
+        return direct, proxied
+
+    def one_stream(self, port: int, make, direct: bool = False) -> list:
+        return self.run(concurrent_streams(HOST, port, make, 1, direct=direct, ramp=0,
+                                           deadline=time.perf_counter() + 30))
+
+    def concurrent(self, count: int, floor: bool = False) -> dict:
+        """``count`` streams through the service (and, with ``floor``, through the floor proxy), and direct."""
         deadline_seconds = 60
         direct = self.run(concurrent_streams(HOST, self.fake_port, self.direct(id=f"c{count}d"), count, direct=True,
                                              ramp=1.0, deadline=time.perf_counter() + deadline_seconds))
-        service = Service(self.logs, OPENAI_BASE_URL=f"http://{HOST}:{self.fake_port}/v1")
-        try:
-            cpu_before = service.cpu()
-            proxied = self.run(concurrent_streams(HOST, service.port, self.via_service(service, id=f"c{count}p"),
-                                                  count, direct=False, ramp=1.0,
-                                                  deadline=time.perf_counter() + deadline_seconds))
-            cpu = service.cpu() - cpu_before
-            rss = peak_rss_mb(service.worker)
-        finally:
-            service.stop()
-        chunks = sum(r.chunks for r in proxied)
         # The direct run receives exactly what the upstream sends the service for the same streams.
         upstream_chunks = sum(r.chunks for r in direct)
+        service = Service(self.logs, OPENAI_BASE_URL=f"http://{HOST}:{self.fake_port}/v1")
+        proxied, cpu, idle_rss, rss = self.measured_load(service, count, f"c{count}p", deadline_seconds)
+        chunks = sum(r.chunks for r in proxied)
         figures = {"streams": count, "completed": sum(r.ok for r in proxied),
                    "errors": sum(not r.ok for r in proxied), "direct_completed": sum(r.ok for r in direct),
                    "modes": sorted({r.mode for r in proxied}), "upstream_chunks": upstream_chunks,
                    "chunks_forwarded": chunks, "client_reads": sum(r.reads for r in proxied),
                    "service_cpu_s": round(cpu, 2),
-                   "cpu_us_per_upstream_chunk": round(cpu / upstream_chunks * 1e6, 1) if upstream_chunks else None,
-                   "cpu_us_per_chunk": round(cpu / chunks * 1e6, 1) if chunks else None,
-                   "peak_rss_mb": round(rss, 1)}
+                   "cpu_us_per_upstream_chunk": per_million(cpu, upstream_chunks),
+                   "cpu_us_per_chunk": per_million(cpu, chunks),
+                   "idle_rss_mb": round(idle_rss, 1), "peak_rss_mb": round(rss, 1)}
         for q in (50, 99):
             d = percentile([r.ttfb for r in direct], q)
             p = percentile([r.ttfb for r in proxied], q)
@@ -264,7 +310,28 @@ class Bench:
         errors = [r.error for r in proxied if r.error][:3]
         if errors:
             figures["sample_errors"] = errors
+        if floor:
+            floored, cpu, idle_rss, rss = self.measured_load(FloorProxy(self.logs, self.fake_port), count,
+                                                             f"c{count}f", deadline_seconds)
+            chunks = sum(r.chunks for r in floored)
+            figures.update({"floor_completed": sum(r.ok for r in floored),
+                            "floor_cpu_us_per_upstream_chunk": per_million(cpu, upstream_chunks),
+                            "floor_cpu_us_per_chunk": per_million(cpu, chunks),
+                            "floor_idle_rss_mb": round(idle_rss, 1), "floor_peak_rss_mb": round(rss, 1),
+                            "floor_ttfb_p99_ratio": ratio(percentile([r.ttfb for r in floored], 99),
+                                                          percentile([r.ttfb for r in direct], 99))})
         return figures
+
+    def measured_load(self, proxy: Proxy, count: int, tag: str, seconds: float):
+        """Send ``count`` streams through ``proxy``, then stop it; return the results, CPU s, idle and peak RSS MB."""
+        try:
+            idle_rss = peak_rss_mb(proxy.worker, "VmRSS")
+            cpu_before = proxy.cpu()
+            results = self.run(concurrent_streams(HOST, proxy.port, self.via_service(proxy, id=tag), count,
+                                                  direct=False, ramp=1.0, deadline=time.perf_counter() + seconds))
+            return results, proxy.cpu() - cpu_before, idle_rss, peak_rss_mb(proxy.worker)
+        finally:
+            proxy.stop()
 
     def bursts(self) -> dict:
         clients, seconds, tokens = 20, (3 if self.quick else 10), 1000
@@ -314,7 +381,7 @@ class Bench:
                 "ttfb_p50_ms": ms(percentile([r.ttfb for r in proxied], 50)),
                 "ttfb_p99_ms": ms(percentile([r.ttfb for r in proxied], 99)),
                 "completion_p99_ms": ms(percentile([r.total for r in proxied], 99)),
-                "cpu_us_per_chunk": round(cpu / chunks * 1e6, 1) if chunks else None, "peak_rss_mb": round(rss, 1)}
+                "cpu_us_per_chunk": per_million(cpu, chunks), "peak_rss_mb": round(rss, 1)}
 
     def aborts(self) -> dict:
         count = 200
@@ -394,11 +461,16 @@ def markdown(results: dict) -> str:
              "direct run received), a fixed amount of work; CPU per written chunk divides by the chunks it wrote "
              "(`chunks_forwarded`), fewer whenever one write carries the deltas of several upstream chunks, so "
              "both are shown against the one target (`client_reads`: the reads that brought the written chunks). "
-             "Regenerate with `bench/run`.", "", "## Targets", "", "| Target | Measured | Met |", "|---|---|---|"]
+             "*Floor* is `bench/floor_proxy.py` under the same load in the same run: a gevent proxy with the "
+             "service's libraries loaded but none of them used, that only forwards the text (no Flask, requests "
+             "or gunicorn; no validation, timeouts, fallback, disconnect watch or log): the least these streams "
+             "cost on this machine and runtime. Regenerate with `bench/run`.", "", "## Targets", "",
+             "| Target | Measured | Met | Floor |", "|---|---|---|---|"]
     for scenario, key, op, limit, label in TARGETS:
         value = results.get(scenario, {}).get(key)
         met = value is not None and (value <= limit if op == "<=" else value >= limit)
-        lines.append(f"| {label} | {value} | {'yes' if met else '**no**'} |")
+        floor = results.get(scenario, {}).get(f"floor_{key}", "–")
+        lines.append(f"| {label} | {value} | {'yes' if met else '**no**'} | {floor} |")
     for scenario, figures in results.items():
         if scenario == "meta":
             continue
@@ -425,7 +497,7 @@ def main() -> None:
         "quick": args.quick}}
     bench = Bench(logs, args.quick)
     scenarios = {"one_client": bench.one_client, "streams_200": lambda: bench.concurrent(200),
-                 "streams_1000": lambda: bench.concurrent(1000), "bursts": bench.bursts,
+                 "streams_1000": lambda: bench.concurrent(1000, floor=True), "bursts": bench.bursts,
                  "fallback": bench.fallback, "aborts": bench.aborts}
     chosen = args.only.split(",") if args.only else list(scenarios)
     try:

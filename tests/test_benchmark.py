@@ -23,6 +23,10 @@ def test_quick_benchmark_runs_every_scenario_and_writes_its_report(tmp_path):
         assert (streams["completed"], streams["errors"], streams["modes"]) == (streams["streams"], 0, ["live"])
         assert streams["upstream_chunks"] >= streams["chunks_forwarded"] > 0
     assert figures["one_client"]["errors"] == 0 and figures["bursts"]["errors"] == 0
+    # The floor proxy carried the same streams to the end, so the table's floor figures measure a real run.
+    assert figures["one_client"]["floor_errors"] == 0 and figures["one_client"]["floor_requests"] > 0
+    assert figures["streams_1000"]["floor_completed"] == 1000
+    assert figures["streams_1000"]["floor_cpu_us_per_upstream_chunk"] > 0
     assert (figures["fallback"]["completed"], figures["fallback"]["modes"]) == (200, ["fallback"])
     aborts = figures["aborts"]
     assert aborts["hung_up"] == 200
@@ -30,5 +34,5 @@ def test_quick_benchmark_runs_every_scenario_and_writes_its_report(tmp_path):
     assert (aborts["open_streams_after"], aborts["upstream_requests_still_open"]) == (0, 0)
     assert aborts["worker_sockets_after"] == aborts["worker_sockets_before"] > 0
     text = report.read_text()
-    assert "## Targets" in text and "1,000 streams: all complete | 1000 | yes" in text
+    assert "## Targets" in text and "1,000 streams: all complete | 1000 | yes | 1000 |" in text
     assert "aborts: no socket left open in the worker | 0 | yes" in text
