@@ -44,13 +44,14 @@ class Timeouts:
 
 
 class StreamingAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter, building each response without a cookie jar, a second copy of its headers or its request.
+    """requests' adapter, building each response without its cookies, a second copy of its headers or its request.
 
     ``build_response`` is the hook requests documents for subclasses. Its own parses the upstream's
-    ``Set-Cookie`` headers into a jar, copies every header into a new dict and keeps the request sent,
-    and an open stream keeps all three to its end: with OpenAI's ~25 response headers, 500 streams took
-    6 KB more each, and the request (its headers) another 1.2 KB (measured). urllib3's headers are already
-    case-insensitive, upstream cookies are never used (``_send``), and nothing reads ``response.request``.
+    ``Set-Cookie`` headers into the response's jar, copies every header into a new dict and keeps the
+    request sent, and an open stream keeps all three to its end: with OpenAI's ~25 response headers, 500
+    streams took 6 KB more each, and the request (its headers) another 1.2 KB (measured). urllib3's headers
+    are already case-insensitive, upstream cookies are never used (``_send``), and nothing reads
+    ``response.request``. (``requests.Response()`` still makes its empty jar: 1.1 KB and 2.5 us.)
     """
 
     def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
