@@ -4,7 +4,8 @@ No Flask, no requests, no gunicorn, no validation, timeouts, fallback or logging
 one gevent ``StreamServer`` greenlet per client reads the request, sends the
 upstream request on a pooled connection, and for every upstream read decodes the
 HTTP chunks, parses each SSE event's JSON, takes ``choices[0].delta.content``
-and writes it to the client as one HTTP chunk. It handles exactly the benchmark's
+and writes it to the client as one HTTP chunk (the head goes out on its own first,
+as gunicorn sends it, so that the two compare like with like). It handles exactly the benchmark's
 traffic (Content-Length requests, the fake upstream's chunked OpenAI stream) and
 nothing else. It is not part of the service: ``benchmark.py`` runs it under the
 same load as the service, so that the table can say how much of the service's
@@ -51,7 +52,10 @@ def read_request(client: socket.socket) -> bytes:
     head, _, body = data.partition(b"\r\n\r\n")
     length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
     while len(body) < length:
-        body += client.recv(65536)
+        more = client.recv(65536)
+        if not more:
+            return b""
+        body += more
     return body
 
 
@@ -74,9 +78,10 @@ def send(client: socket.socket, data: bytes) -> None:
 def relay(upstream: socket.socket, client: socket.socket) -> bool:
     """Forward the reply's text; return whether the upstream connection can be reused."""
     # As the service's socket reader does: wait for the socket to be readable, then read it once.
-    hub, readable, os_socket = gevent.get_hub(), gevent.get_hub().loop.io(upstream.fileno(), 1), upstream._sock
+    hub = gevent.get_hub()
+    readable = hub.loop.io(upstream.fileno(), 1)  # 1: readable
     try:
-        return _relay(hub, readable, os_socket, client)
+        return _relay(hub, readable, upstream._sock, client)
     finally:
         readable.close()
 
@@ -115,13 +120,14 @@ def _relay(hub, readable, upstream, client) -> bool:
                     text = choices[0].get("delta", {}).get("content") if choices else None
                     if text:
                         pieces.append(text)
+        if (pieces or ended) and not sent_head:
+            send(client, HEAD)
+            sent_head = True
         if pieces:
             text = "".join(pieces).encode()
-            chunk = b"%X\r\n%s\r\n" % (len(text), text)
-            send(client, HEAD + chunk if not sent_head else chunk)
-            sent_head = True
+            send(client, b"%X\r\n%s\r\n" % (len(text), text))
         if ended:
-            send(client, b"0\r\n\r\n" if sent_head else HEAD + b"0\r\n\r\n")
+            send(client, b"0\r\n\r\n")
             return True
 
 
