@@ -84,12 +84,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
-    """The process's peak resident memory in MB (``field="VmRSS"``: its resident memory now)."""
+def status_mb(pid: int, field: str) -> float:
+    """A memory figure of ``/proc/PID/status`` in MB: ``VmHWM`` (peak resident) or ``VmRSS`` (resident now)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    return status_mb(pid, "VmHWM")
 
 
 def open_sockets(pid: int) -> int:
@@ -325,7 +329,7 @@ class Bench:
     def measured_load(self, proxy: Proxy, count: int, tag: str, seconds: float):
         """Send ``count`` streams through ``proxy``, then stop it; return the results, CPU s, idle and peak RSS MB."""
         try:
-            idle_rss = peak_rss_mb(proxy.worker, "VmRSS")
+            idle_rss = status_mb(proxy.worker, "VmRSS")
             cpu_before = proxy.cpu()
             results = self.run(concurrent_streams(HOST, proxy.port, self.via_service(proxy, id=tag), count,
                                                   direct=False, ramp=1.0, deadline=time.perf_counter() + seconds))
