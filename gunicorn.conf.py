@@ -5,7 +5,7 @@ import os
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-worker_class = "streamchat.worker.StreamingWorker"  # gevent's worker with a cheaper client write
+worker_class = "streamchat.server.worker.StreamingWorker"  # gevent's worker with a cheaper client write
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
 # For gevent workers this is a liveness heartbeat, not a request limit: streams may run longer.
 timeout = 30

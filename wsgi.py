@@ -5,7 +5,7 @@ from gevent import monkey
 # Before anything imports socket, ssl or requests: a late patch leaves blocking sockets behind.
 monkey.patch_all()
 
-from streamchat import resolver  # noqa: E402
+from streamchat.server import resolver  # noqa: E402
 
 resolver.install()  # IP addresses without a thread, one lookup per name (see its docstring)
 

@@ -26,12 +26,10 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.loadgen import build_request, concurrent_streams, looping_clients
+from streamchat.testing.fake_upstream import OpenAIWire, sse_event, tokens_of
 
-from fake_upstream import Wire, sse_event, tokens_of  # noqa: E402
-from loadgen import build_request, concurrent_streams, looping_clients  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 HOST = "127.0.0.1"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -215,7 +213,7 @@ class Bench:
         self.quick = quick
         self.fake_port = free_port()
         env = dict(os.environ)
-        self.fake = Process([sys.executable, "fake_upstream.py", "--port", str(self.fake_port),
+        self.fake = Process([sys.executable, "-m", "streamchat.testing.fake_upstream", "--port", str(self.fake_port),
                              "--first-token-ms", "200", "--interval-ms", "20", "--tokens", "100"], env,
                             logs / "fake.log")
         wait_http(f"http://{HOST}:{self.fake_port}/_fake/stats")
@@ -342,7 +340,7 @@ class Bench:
         fake = {"tokens": tokens, "interval_ms": 0, "first_token_ms": 0}
         token_list = tokens_of({"tokens": tokens})
         text_bytes = len("".join(token_list).encode())
-        wire = Wire("openai", "bench")
+        wire = OpenAIWire("bench")
         sse_bytes = sum(len(sse_event(*wire.token(t))) for t in token_list)
         direct = self.run(looping_clients(HOST, self.fake_port, self.direct(id="bd", **fake), clients, direct=True,
                                           seconds=seconds))

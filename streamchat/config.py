@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-PROVIDER_NAMES = ("openai", "anthropic")
+from .domain.providers import PROVIDER_CLASSES, PROVIDERS
+
 API_KEY = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an HTTP header carries as is
 
 
@@ -93,9 +94,9 @@ def _url(raw: str) -> str:
 
 def _provider_list(raw: str) -> tuple[str, ...]:
     names = tuple(name.strip().lower() for name in raw.split(",") if name.strip())
-    unknown = [name for name in names if name not in PROVIDER_NAMES]
+    unknown = [name for name in names if name not in PROVIDER_CLASSES]
     if unknown:
-        raise ValueError(f"unknown provider {unknown[0]!r}; known: {', '.join(PROVIDER_NAMES)}")
+        raise ValueError(f"unknown provider {unknown[0]!r}; known: {', '.join(PROVIDER_CLASSES)}")
     if len(set(names)) != len(names):
         raise ValueError("names a provider twice")
     return names
@@ -136,18 +137,20 @@ class Setting:
         return self.env.lower()
 
 
+def _provider_settings(cls) -> tuple[Setting, ...]:
+    """Return the settings a provider class declares: its key, base URL and model."""
+    return (
+        Setting(cls.key_env_var, _api_key, "", f"Key for {cls.title}.", secret=True),
+        Setting(cls.base_url_env_var, _url, cls.default_base_url, cls.base_url_doc or f"Base URL of {cls.title}."),
+        Setting(cls.model_env_var, _text, cls.default_model, f"Model name sent to {cls.title}."),
+    )
+
+
 SETTINGS: tuple[Setting, ...] = (
-    Setting("OPENAI_API_KEY", _api_key, "", "Key for an OpenAI-compatible API.", secret=True),
-    Setting("OPENAI_BASE_URL", _url, "https://api.openai.com/v1",
-            "Base URL including `/v1`. Setting it without a key enables keyless local servers "
-            "(Ollama `http://127.0.0.1:11434/v1`, llama.cpp, vLLM)."),
-    Setting("OPENAI_MODEL", _text, "gpt-4o-mini", "Model name sent to the OpenAI-compatible API."),
-    Setting("ANTHROPIC_API_KEY", _api_key, "", "Key for the Anthropic Messages API.", secret=True),
-    Setting("ANTHROPIC_BASE_URL", _url, "https://api.anthropic.com", "Base URL, without `/v1`."),
-    Setting("ANTHROPIC_MODEL", _text, "claude-haiku-4-5", "Anthropic model name."),
+    *(setting for cls in PROVIDERS for setting in _provider_settings(cls)),
     Setting("LLM_PROVIDERS", _provider_list, None,
-            "Comma-separated order of providers to try, e.g. `anthropic,openai`. "
-            "Default: every configured provider, OpenAI first."),
+            f"Comma-separated order of providers to try, e.g. `{','.join(reversed(PROVIDER_CLASSES))}`. "
+            f"Default: every configured provider, in the order {', '.join(PROVIDER_CLASSES)}."),
     Setting("SYSTEM_PROMPT", _text, "", "The system prompt (the client can never send one)."),
     Setting("SYSTEM_PROMPT_FILE", _text, "", "Read the system prompt from this file instead."),
     Setting("LLM_MAX_TOKENS", _positive_int, "1024", "Maximum tokens per reply."),
@@ -170,7 +173,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FALLBACK_WORD_DELAY", _non_negative_seconds, "0",
             "Optional typing pace for fallback replies, seconds per word group (0 = as fast as possible)."),
     Setting("CHAT_RATE_LIMIT", _limit_string, "20/minute;300/day",
-            "Hard per-client limit on `/api/chat` (`off` disables it, e.g. behind a gateway that limits)."),
+            "Hard per-client limit on `/api/chat` (`off` disables it, e.g. behind a gateway that limits; with no "
+            "budget set either, flask-limiter is not run at all)."),
     Setting("RATELIMIT_STORAGE_URI", _text, "memory://",
             "`memory://` counts per worker process; `redis://host:6379` shares counts across workers and machines."),
     Setting("LLM_BUDGET_PER_CLIENT", _budget, "",
@@ -234,19 +238,27 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     else:
         missing = [name for name in values["llm_providers"] if name not in configured]
         if missing:
-            hint = "OPENAI_API_KEY or OPENAI_BASE_URL" if missing[0] == "openai" else "ANTHROPIC_API_KEY"
-            raise ConfigError(f"LLM_PROVIDERS names {missing[0]!r}, which is not configured: set {hint}.")
+            raise ConfigError(f"LLM_PROVIDERS names {missing[0]!r}, which is not configured: "
+                              f"set {configure_hint(PROVIDER_CLASSES[missing[0]])}.")
     return Settings(values=values, explicitly_set=frozenset(explicitly_set))
 
 
 def _configured_providers(values: Mapping[str, Any], explicitly_set: set[str]) -> tuple[str, ...]:
-    configured = []
-    # A base URL without a key means a keyless local server (Ollama, llama.cpp, vLLM).
-    if values["openai_api_key"] or "OPENAI_BASE_URL" in explicitly_set:
-        configured.append("openai")
-    if values["anthropic_api_key"]:
-        configured.append("anthropic")
-    return tuple(configured)
+    # A provider is configured by its key, or, for one that may run keyless (a local server such as
+    # Ollama, llama.cpp, vLLM), by its base URL alone.
+    return tuple(cls.name for cls in PROVIDERS if values[cls.key_env_var.lower()]
+                 or (cls.keyless and cls.base_url_env_var in explicitly_set))
+
+
+def configure_hint(cls) -> str:
+    """Return what to set to configure provider ``cls``, e.g. "OPENAI_API_KEY or OPENAI_BASE_URL"."""
+    return f"{cls.key_env_var} or {cls.base_url_env_var}" if cls.keyless else cls.key_env_var
+
+
+def no_provider_hint() -> str:
+    """Return the sentence the log shows when no provider is configured."""
+    return "none configured, the rules answer every request: set " + " or ".join(
+        configure_hint(cls) for cls in PROVIDERS)
 
 
 def settings_table_markdown() -> str:

@@ -1,8 +1,8 @@
-"""Why a provider did not (or stopped) answering.
+"""Why a reply did not come, or stopped: the error tree every layer speaks.
 
 Every failure of an upstream model is one of these, raised by the providers
 and mapped from ``requests``/``urllib3`` exceptions in exactly one place
-(``streamchat.providers.failures.translate_errors``)::
+(``streamchat.transport.failures.translate_errors``)::
 
     ProviderError                  any failure; ``reason`` is the X-Terminal-Reason
     ├── ProviderUnavailable        worth retrying later: the circuit breaker skips the provider a while
@@ -10,8 +10,12 @@ and mapped from ``requests``/``urllib3`` exceptions in exactly one place
     │   ├── UpstreamTimeout        connect timeout, no first text in time, silence, maximum duration
     │   ├── UpstreamUnreachable    connection refused, DNS failure, connection dropped
     │   └── UpstreamServerError    500/502/503/529, or an error event inside the stream
-    ├── ProviderRejected           our request or key is wrong (400/401/403/404/413): log loudly
+    ├── ProviderRejected           our request or key is wrong (400/401/403/404/413, or an in-stream
+    │                              error about this request): log loudly, never cool the provider down
     └── BadStream                  a body that is not the SSE we expected, or that ends with no text
+
+    ClientDisconnected             not the provider's failure: the client went away (thrown into the
+                                   request's greenlet by ``streamchat.server.disconnect``)
 
 The view never shows these to the user: before the first byte it tries the
 next provider and then the rules responder; after it, the body ends with a
@@ -71,6 +75,10 @@ class ProviderRejected(ProviderError):
         super().__init__(message, **kwargs)
         if self.status in (401, 403):
             self.reason = "auth_rejected"
+
+
+class ClientDisconnected(Exception):
+    """The client closed its connection before the reply was complete."""
 
 
 class BadStream(ProviderError):

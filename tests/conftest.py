@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fake_upstream import FakeUpstream  # noqa: E402
-from servers import REAL_SETTINGS, REPO, Gunicorn  # noqa: E402
+from servers import REAL_SETTINGS, REPO, Gunicorn
+from streamchat.testing.fake_upstream import FakeUpstream
 
 ARTIFACTS = REPO / "test-artifacts"
 

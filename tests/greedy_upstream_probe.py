@@ -11,13 +11,11 @@ monkey.patch_all()
 
 import json  # noqa: E402
 import socket  # noqa: E402
-import sys  # noqa: E402
 
 import gevent  # noqa: E402
 
-sys.path.insert(0, sys.argv[1])
-from streamchat.providers import OpenAIChat, Timeouts  # noqa: E402
-from streamchat.providers.base import new_session  # noqa: E402
+from streamchat.domain.providers import OpenAIChat, Timeouts  # noqa: E402
+from streamchat.transport.session import new_session  # noqa: E402
 
 PADDING = b": padding to keep the reader busy\n\n" * 6000  # ~210 KB of comments between the two texts
 

@@ -12,13 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+from streamchat.config import SETTINGS
+
 REPO = Path(__file__).resolve().parent.parent
 
-# Variables a developer's shell may hold that must never reach a test server.
-REAL_SETTINGS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
-                 "ANTHROPIC_MODEL", "LLM_PROVIDERS", "SYSTEM_PROMPT", "SYSTEM_PROMPT_FILE",
-                 "RATELIMIT_STORAGE_URI", "LLM_BUDGET_PER_CLIENT", "LLM_BUDGET_GLOBAL", "TRUSTED_PROXIES",
-                 "CORS_ORIGINS", "RULES_PATH", "CHAT_RATE_LIMIT", "CLIENT_TIMEOUT", "WEB_CONCURRENCY", "PORT", "HOST")
+# Variables a developer's shell may hold that must never reach a test server: every setting.
+REAL_SETTINGS = tuple(setting.env for setting in SETTINGS) + ("WEB_CONCURRENCY", "PORT", "HOST")
 
 
 def free_port() -> int:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from streamchat.chunked import ChunkedDecoder, ChunkedFramingError
+from streamchat.transport.chunked import ChunkedDecoder, ChunkedFramingError
 
 BODY = b"5\r\nhello\r\n1;ext=1\r\n \r\nC\r\nw\xc3\xb6rld \xf0\x9f\x8c\x8d!\r\n0\r\nX-Trailer: 1\r\n\r\n"
 PAYLOAD = "hello wörld 🌍!".encode()

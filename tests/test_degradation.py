@@ -10,11 +10,12 @@ import pytest
 
 from servers import REPO, Gunicorn, chat_body, eventually, parse_chunked, raw_exchange, request
 from streamchat.errors import UpstreamUnreachable
-from streamchat.providers import OpenAIChat, Timeouts
-from streamchat.providers.base import new_session
-from streamchat.disconnect import ClientWatch
-from streamchat.relay import CUT_SHORT_NOTICE, CircuitBreaker, Relay
-from streamchat.rules import RulesStore, load_rules
+from streamchat.domain.providers import OpenAIChat, Timeouts
+from streamchat.transport.session import new_session
+from streamchat.domain.breaker import CircuitBreaker
+from streamchat.domain.relay import Relay
+from streamchat.domain.rules import RulesStore, load_rules
+from streamchat.web.streaming import CUT_SHORT_NOTICE, plain_text
 
 RULES = load_rules(str(REPO / "rules.yaml"))
 GREETINGS = set(next(r for r in RULES.rules if r.name == "greeting").replies)
@@ -111,9 +112,9 @@ def test_dns_failure(monkeypatch):
     with pytest.raises(UpstreamUnreachable):
         next(provider.stream([{"role": "user", "content": "hi"}]))
     relay = Relay([provider], RulesStore(str(REPO / "rules.yaml")), CircuitBreaker(0))
-    reply = relay.open([{"role": "user", "content": "hello"}], ClientWatch(None))
-    assert (reply.stats.mode, reply.stats.reason) == ("fallback", "upstream_error")
-    assert b"".join(reply.body()).decode() in GREETINGS
+    reply = relay.open([{"role": "user", "content": "hello"}])
+    assert (reply.record.mode, reply.record.reason) == ("fallback", "upstream_error")
+    assert b"".join(plain_text(reply)).decode() in GREETINGS
 
 
 class BuggyProvider(OpenAIChat):
@@ -141,23 +142,23 @@ def open_buggy_reply(fake, fail_on: str, tag: str):
     relay = Relay([provider], RulesStore(str(REPO / "rules.yaml")), CircuitBreaker(0))
     # A read per token, so the first one is sent before the bug is reached.
     directive = json.dumps({"text": "hello there world", "first_token_ms": 0, "interval_ms": 50, "id": tag})
-    return relay.open([{"role": "user", "content": f"hello\nfake: {directive}"}], ClientWatch(None))
+    return relay.open([{"role": "user", "content": f"hello\nfake: {directive}"}])
 
 
 def test_a_bug_before_the_first_text_falls_back_and_is_logged(fake, caplog):
     reply = open_buggy_reply(fake, "hello ", "bug-first")
-    assert (reply.stats.mode, reply.stats.reason, reply.stats.failures) == (
-        "fallback", "internal_error", ["openai:internal_error"])
-    assert b"".join(reply.body()).decode() in GREETINGS
+    assert (reply.record.mode, reply.record.reason, reply.record.failures) == (
+        "fallback", "internal_error", [("openai", "internal_error")])
+    assert b"".join(plain_text(reply)).decode() in GREETINGS
     assert "RuntimeError: a bug in parse_event" in caplog.text  # the traceback, for the site owner
     assert eventually(lambda: fake.find("bug-first").peer_closed)  # and the upstream was closed
 
 
 def test_a_bug_after_the_first_text_ends_the_reply_with_the_notice(fake, caplog):
     reply = open_buggy_reply(fake, "there ", "bug-later")
-    assert reply.stats.mode == "live"
-    assert b"".join(reply.body()).decode() == "hello " + CUT_SHORT_NOTICE
-    assert (reply.stats.ended, reply.stats.cut_reason) == ("cut_short", "internal_error")
+    assert reply.record.mode == "live"
+    assert b"".join(plain_text(reply)).decode() == "hello " + CUT_SHORT_NOTICE
+    assert (reply.record.ended, reply.record.cut_reason) == ("cut_short", "internal_error")
     assert "RuntimeError: a bug in parse_event" in caplog.text
     assert eventually(lambda: fake.find("bug-later").peer_closed)
 

@@ -29,7 +29,7 @@ def test_the_worker_class_is_gevents_worker_with_a_cheaper_client_write():
     from gunicorn.util import load_class
     from gunicorn.workers.ggevent import GeventWorker
 
-    from streamchat.worker import ClientSocket
+    from streamchat.server.worker import ClientSocket
 
     worker = load_class(runpy.run_path(str(CONF))["worker_class"])
     assert issubclass(worker, GeventWorker) and worker.handle is not GeventWorker.handle

@@ -5,11 +5,11 @@ import email.utils
 import pytest
 
 from streamchat.errors import (BadStream, ProviderRejected, RateLimited, UpstreamServerError, UpstreamTimeout)
-from streamchat.providers import AnthropicMessages, OpenAIChat, Timeouts
-from streamchat.providers.anthropic import _alternating
-from streamchat.providers.base import EndOfStream
-from streamchat.providers.failures import error_for_status, parse_retry_after
-from streamchat.sse import ServerSentEvent
+from streamchat.domain.providers import AnthropicMessages, OpenAIChat, Timeouts
+from streamchat.domain.providers.anthropic import _alternating
+from streamchat.domain.providers.base import EndOfStream
+from streamchat.transport.failures import error_for_status, parse_retry_after
+from streamchat.domain.sse import ServerSentEvent
 
 
 def make(cls, **overrides):
@@ -152,14 +152,14 @@ def test_error_for_status(status, error, reason):
 def test_event_json_is_parsed_as_json_loads_would(data):
     import json
 
-    from streamchat.providers.base import load_json_event
+    from streamchat.domain.providers.base import load_json_event
 
     assert load_json_event("p", data) == json.loads(data)
 
 
 @pytest.mark.parametrize("data", ['{"a":1}x', '{"a":1}{"b":2}', "", "  ", '{"a":', "nul", "[" * 100000])
 def test_event_data_that_is_not_one_json_value_is_a_bad_stream(data):
-    from streamchat.providers.base import load_json_event
+    from streamchat.domain.providers.base import load_json_event
 
     with pytest.raises(BadStream):
         load_json_event("p", data)

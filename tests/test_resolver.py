@@ -14,8 +14,8 @@ import gevent
 import gevent.event
 import pytest
 
-from streamchat import resolver as resolver_module
-from streamchat.resolver import Resolver
+from streamchat.server import resolver as resolver_module
+from streamchat.server.resolver import Resolver
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = ("localhost", 8000, _socket.AF_INET, _socket.SOCK_STREAM)  # /etc/hosts: no DNS server is asked
@@ -119,4 +119,4 @@ def test_the_wsgi_entry_point_installs_it():
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-2:] == ["streamchat.resolver", str(resolver_module.IDLE_THREAD_SECONDS)]
+    assert result.stdout.split()[-2:] == [resolver_module.__name__, str(resolver_module.IDLE_THREAD_SECONDS)]

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from streamchat.rules import RulesError, RulesStore, load_rules, normalize, parse_rules
+from streamchat.domain.rules import RulesError, RulesStore, load_rules, normalize, parse_rules
 
 RULES = textwrap.dedent("""\
     default: ["Sorry, I don't know."]

@@ -5,6 +5,7 @@ process on a real socket pair; the sender is a second greenlet.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import gevent
 import gevent.socket
 import pytest
 
-from streamchat.providers.socket_reader import GeventSocketReader, SocketReader, socket_reader
+from streamchat.transport.socket_reader import GeventSocketReader, SocketReader, socket_reader
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ def test_the_plain_reader_uses_the_socket_timeout():
 
 
 def test_the_pool_sees_whether_an_idle_connection_is_still_open(pair):
-    from streamchat.providers.pool import HTTPConnection
+    from streamchat.transport.pool import HTTPConnection
 
     ours, theirs = pair
     connection = HTTPConnection("127.0.0.1", 9)
@@ -124,8 +125,8 @@ def test_the_pool_sees_whether_an_idle_connection_is_still_open(pair):
 
 
 def test_new_sessions_use_the_peeking_pools():
-    from streamchat.providers.base import new_session
-    from streamchat.providers.pool import HTTPConnectionPool
+    from streamchat.transport.session import new_session
+    from streamchat.transport.pool import HTTPConnectionPool
 
     session = new_session(2, "http://127.0.0.1:9/v1")
     pool = session.get_adapter("http://127.0.0.1:9/v1").poolmanager.connection_from_url("http://127.0.0.1:9/v1")
@@ -135,8 +136,8 @@ def test_new_sessions_use_the_peeking_pools():
 def test_a_body_urllib3_reads_lets_other_greenlets_run_between_reads():
     # The raw reader cannot wait first: it passes the turn after each read instead (turn_passer).
     root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, str(root / "tests" / "greedy_upstream_probe.py"), str(root)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, str(root / "tests" / "greedy_upstream_probe.py")],
+                            env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["texts"] == ["A", "B"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from streamchat.sse import ServerSentEvent, SSEDecoder, iter_sse
+from streamchat.domain.sse import ServerSentEvent, SSEDecoder, iter_sse
 
 STREAM = (
     b": OPENROUTER PROCESSING\n\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_upstream import tokens_of
+from streamchat.testing.fake_upstream import tokens_of
 from servers import Gunicorn, chat_body, eventually, parse_chunked, raw_exchange, request
 
 STREAMS = Path(__file__).parent / "streams"

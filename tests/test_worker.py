@@ -9,8 +9,8 @@ import gevent
 import gevent.socket
 import pytest
 
-from streamchat.disconnect import ClientDisconnected
-from streamchat.worker import ClientSocket
+from streamchat.errors import ClientDisconnected
+from streamchat.server.worker import ClientSocket
 
 MORE_THAN_THE_BUFFERS = b"x" * 20_000_000
 

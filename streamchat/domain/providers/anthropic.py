@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...transport.failures import in_stream_error
 from ..sse import ServerSentEvent
-from .base import EndOfStream, Provider, load_json_event
-from .failures import in_stream_error
+from .base import EndOfStream, HTTPProvider, load_json_event
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -24,14 +24,17 @@ def _alternating(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return merged
 
 
-class AnthropicMessages(Provider):
+class AnthropicMessages(HTTPProvider):
     """``POST {base}/v1/messages`` with ``"stream": true``; text in ``text_delta`` content blocks."""
 
     name = "anthropic"
+    title = "the Anthropic Messages API"
     key_env_var = "ANTHROPIC_API_KEY"
     base_url_env_var = "ANTHROPIC_BASE_URL"
     model_env_var = "ANTHROPIC_MODEL"
     default_model = "claude-haiku-4-5"
+    default_base_url = "https://api.anthropic.com"
+    base_url_doc = "Base URL, without `/v1`."
 
     def build_request(self, messages):
         body: dict[str, Any] = {"model": self.model, "stream": True, "max_tokens": self.max_tokens,

@@ -26,8 +26,8 @@ import logging
 from gevent import socket as gevent_socket
 from gunicorn.workers.ggevent import GeventWorker
 
-from .config import load_settings
-from .disconnect import ClientDisconnected
+from ..config import load_settings
+from ..errors import ClientDisconnected
 
 log = logging.getLogger("streamchat")
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import requests
 
-from ..chunked import ChunkedDecoder
+from .chunked import ChunkedDecoder
 from ..errors import UpstreamUnreachable
 from .socket_reader import socket_reader, turn_passer
 

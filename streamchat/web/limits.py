@@ -1,4 +1,4 @@
-"""Keep the service cheap and fair: rate limits, the live-model budget, client identity, CORS, headers.
+"""Keep the service cheap and fair: the rate limit, the live-model budget and who the client is.
 
 - ``limiter`` (flask-limiter) holds the hard per-client limit on ``POST /api/chat``
   (``CHAT_RATE_LIMIT``); over it the client gets a 429 with ``Retry-After``.
@@ -9,8 +9,8 @@
 - ``LiveBudget`` is softer: past ``LLM_BUDGET_PER_CLIENT`` or ``LLM_BUDGET_GLOBAL``
   the rules answer instead of the model (``X-Terminal-Reason: budget``).
 - The client is the peer address, or with ``TRUSTED_PROXIES=N`` the address N
-  proxies back in ``X-Forwarded-For`` (werkzeug's ``ProxyFix``), so a client
-  cannot reset its count by sending its own header.
+  proxies back in ``X-Forwarded-For`` (werkzeug's ``ProxyFix``, see ``headers.py``),
+  so a client cannot reset its count by sending its own header.
 """
 
 from __future__ import annotations
@@ -22,21 +22,11 @@ import time
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from limits import parse_many
-from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.exceptions import TooManyRequests
 
-from streamchat.config import Settings
+from ..config import Settings
 
 log = logging.getLogger("streamchat")
-
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
-            "base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
-API_CSP = "default-src 'none'; frame-ancestors 'none'"
-SECURITY_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "same-origin"),
-                    ("Cross-Origin-Opener-Policy", "same-origin")]
-PAGE_HEADERS = SECURITY_HEADERS + [("Content-Security-Policy", PAGE_CSP)]
-API_HEADERS = SECURITY_HEADERS + [("Content-Security-Policy", API_CSP)]
-EXPOSED_HEADERS = ("X-Terminal-Mode, X-Terminal-Reason, X-Terminal-Provider, X-Terminal-Model, X-Request-Id, "
-                   "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset")
 
 
 def client_id() -> str:
@@ -48,6 +38,7 @@ limiter = Limiter(key_func=client_id, headers_enabled=True, swallow_errors=True,
 
 
 def _settings() -> Settings:
+    # Not service(): the service module imports this one.
     return current_app.extensions["streamchat"].settings
 
 
@@ -118,8 +109,14 @@ def storage_health() -> dict:
     return info
 
 
-def retry_after_seconds() -> int:
-    """Return the seconds until the breached limit resets, rounded as flask-limiter's Retry-After header is."""
+def rate_limit_message(error: TooManyRequests) -> tuple[str, str, str]:
+    """Return the 429 answer's code, sentence and Retry-After for the limit just breached."""
+    wait = _retry_after_seconds()
+    return "rate_limited", f"Too many requests ({error.description}). Try again in {wait} seconds.", str(wait)
+
+
+def _retry_after_seconds() -> int:
+    # The seconds until the breached limit resets, rounded as flask-limiter's Retry-After header is.
     current = limiter.current_limit
     if current is None:
         return 60
@@ -127,9 +124,7 @@ def retry_after_seconds() -> int:
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    """Bind the limiter, trust the configured proxies, and add CORS and security headers."""
-    if settings.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
+    """Bind the limiter to ``app`` with the configured storage."""
     app.config["RATELIMIT_STORAGE_URI"] = settings.ratelimit_storage_uri
     # With nothing to count flask-limiter stays off: its hooks alone cost an eighth of a chat
     # request's CPU (measured in-process: 630 -> 550 us a request).
@@ -138,24 +133,3 @@ def init_app(app: Flask, settings: Settings) -> None:
         # Fail fast when Redis is down, so a request waits half a second at most.
         app.config["RATELIMIT_STORAGE_OPTIONS"] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
     limiter.init_app(app)
-
-    origins = set(settings.cors_origins)
-
-    @app.after_request
-    def add_headers(response):
-        headers = response.headers
-        # One pass over the response's headers instead of a lookup per name (9.5 -> 3 us a response):
-        # every default goes in unless the view set its own.
-        present = {name.lower() for name, _ in headers}
-        defaults = PAGE_HEADERS if response.mimetype == "text/html" else API_HEADERS
-        headers.extend([item for item in defaults if item[0].lower() not in present])
-        origin = request.headers.get("Origin") if origins else None
-        if origin and request.path.startswith("/api/") and (origin in origins or "*" in origins):
-            headers["Access-Control-Allow-Origin"] = origin
-            headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-            if request.method == "OPTIONS":
-                headers["Access-Control-Allow-Methods"] = "POST"
-                headers["Access-Control-Allow-Headers"] = "Content-Type"
-                headers["Access-Control-Max-Age"] = "600"
-        headers.add("Vary", "Origin")
-        return response

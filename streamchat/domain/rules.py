@@ -213,6 +213,15 @@ def _position(text: str, path: tuple) -> tuple[int, int]:
     return found.start_mark.line + 1, found.start_mark.column + 1
 
 
+def check_file(path: str) -> tuple[bool, list[str]]:
+    """Check the rules file at ``path``: return whether it is usable, and the lines that say so."""
+    try:
+        rules = load_rules(path)
+    except RulesError as exc:
+        return False, [f"{path}:{problem.line}:{problem.column}: {problem.message}" for problem in exc.problems]
+    return True, [f"{path}: OK, {len(rules.rules)} rules and {len(rules.default.replies)} default replies"]
+
+
 def load_rules(path: str) -> Rules:
     """Read and parse a rules file, raising RulesError when it cannot be used."""
     try:
@@ -258,6 +267,12 @@ class RulesStore:
         except RulesError as exc:
             self.error = exc
         self._on_reload(self)
+
+    def health(self) -> dict[str, Any]:
+        """Return the file, whether rules are loaded, and what is wrong with the file (None when nothing)."""
+        loaded = self.current() is not None  # also picks up an edit made since the last request
+        error = self.error
+        return {"path": self.path, "loaded": loaded, "error": [str(p) for p in error.problems] if error else None}
 
     def reply(self, messages: list[dict[str, str]]) -> tuple[str, str]:
         """Return ``(rule name, reply)``; a built-in apology if no valid rules were ever loaded."""

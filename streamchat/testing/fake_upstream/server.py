@@ -2,7 +2,7 @@
 
 Run it on its own to try the service without any key::
 
-    python fake_upstream.py --port 8400
+    python -m streamchat.testing.fake_upstream --port 8400
     OPENAI_BASE_URL=http://127.0.0.1:8400/v1 ./run
 
 It answers ``POST .../chat/completions`` and ``POST .../v1/messages`` with
@@ -22,6 +22,7 @@ overrides the defaults (set on the command line) with any of:
     after       how many tokens the fault waits for (default 0)
     split       send every event in pieces of this many bytes ...
     split_ms    ... this many ms apart (so a line or a UTF-8 character is cut across reads)
+    cuts        instead of split: byte offsets at which each write is cut, the pieces split_ms apart
     newline     "\\n" (default), "\\r\\n" or "\\r"
     body_file   replay this file as the SSE body, byte for byte (recorded real streams)
     set_cookie  send this Set-Cookie header with the stream (as Cloudflare in front of OpenAI does)
@@ -37,7 +38,6 @@ seen closed; ``GET /_fake/stats`` sums it up for the benchmark.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import json
@@ -47,6 +47,8 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from .wires import WIRES, Wire, sse_event
 
 DEFAULT_TEXT = (
     "Streaming keeps a chat responsive: the first words arrive while the model is still "
@@ -103,74 +105,6 @@ def directive_of(body: Any) -> dict[str, Any]:
         return {}
 
 
-class Wire:
-    """The bytes of one protocol: events, the end marker and error bodies."""
-
-    def __init__(self, protocol: str, model: str):
-        self.protocol = protocol
-        self.model = model
-
-    def preamble(self) -> list[tuple[str, Any]]:
-        if self.protocol == "openai":
-            return [("", {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
-                          "model": self.model, "choices": [], "prompt_filter_results": []}),
-                    ("", self._chunk({"role": "assistant", "content": ""}))]
-        return [("message_start", {"type": "message_start", "message": {
-                    "id": "msg_fake", "type": "message", "role": "assistant", "model": self.model,
-                    "content": [], "stop_reason": None, "usage": {"input_tokens": 1, "output_tokens": 1}}}),
-                ("content_block_start", {"type": "content_block_start", "index": 0,
-                                         "content_block": {"type": "text", "text": ""}}),
-                ("ping", {"type": "ping"})]
-
-    def token(self, text: str) -> tuple[str, Any]:
-        if self.protocol == "openai":
-            return ("", self._chunk({"content": text}))
-        return ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                        "delta": {"type": "text_delta", "text": text}})
-
-    def ending(self, done: bool) -> list[tuple[str, Any]]:
-        if self.protocol == "openai":
-            events = [("", {**self._chunk({}), "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
-                      ("", {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
-                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})]
-            return events + ([("", "[DONE]")] if done else [])
-        events = [("content_block_stop", {"type": "content_block_stop", "index": 0}),
-                  ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                                     "usage": {"output_tokens": 1}})]
-        return events + ([("message_stop", {"type": "message_stop"})] if done else [])
-
-    def stream_error(self) -> tuple[str, Any]:
-        if self.protocol == "openai":
-            return ("", {"error": {"message": "The server had an error while processing your request.",
-                                   "type": "server_error", "code": None}})
-        return ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
-
-    def error_body(self, status: int) -> dict[str, Any]:
-        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
-        if self.protocol == "openai":
-            return {"error": {"message": f"fake {status}", "type": kind, "code": None}}
-        return {"type": "error", "error": {"type": kind, "message": f"fake {status}"}}
-
-    def json_reply(self, text: str) -> dict[str, Any]:
-        if self.protocol == "openai":
-            return {"id": "chatcmpl-fake", "object": "chat.completion", "model": self.model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": "stop"}]}
-        return {"id": "msg_fake", "type": "message", "role": "assistant", "model": self.model,
-                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}
-
-    def _chunk(self, delta: dict[str, Any]) -> dict[str, Any]:
-        return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-
-
-def sse_event(name: str, data: Any, newline: str = "\n") -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    head = f"event: {name}{newline}" if name else ""
-    return f"{head}data: {payload}{newline}{newline}".encode()
-
-
 def http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -178,7 +112,7 @@ def http_chunk(data: bytes) -> bytes:
 @functools.lru_cache(maxsize=64)
 def burst_bytes(protocol: str, model: str, tokens: tuple[str, ...], newline: str) -> bytes:
     """Every token as its own chunked SSE event, serialized once: the benchmark's bursts repeat."""
-    wire = Wire(protocol, model)
+    wire = WIRES[protocol](model)
     return b"".join(http_chunk(sse_event(*wire.token(token), newline)) for token in tokens)
 
 
@@ -356,7 +290,7 @@ class _Connection(asyncio.Protocol):
                                    body_size=len(body_bytes))
         self.record = record
         server.notify()
-        _Reply(self, record, Wire(protocol, str(body.get("model", ""))), params).begin()
+        _Reply(self, record, WIRES[protocol](str(body.get("model", ""))), params).begin()
 
     def reply_done(self) -> None:
         """The reply is complete; the connection may carry the next request."""
@@ -436,15 +370,18 @@ class _Reply:
 
     def _write(self, data: bytes) -> None:
         split = self.params.get("split")
-        if not split:
+        cuts = self.params.get("cuts")
+        if not split and not cuts:
             self.conn.transport.write(self._frame(data))
             return
         # Send the pieces as separate writes some ms apart, so they arrive as separate reads;
         # a cursor keeps every piece of the reply in order.
         delay = self.params.get("split_ms", 5) / 1000
-        for i in range(0, len(data), split):
+        bounds = sorted({0, len(data), *(c for c in cuts or () if 0 < c < len(data))}) if cuts else \
+            list(range(0, len(data), split)) + [len(data)]
+        for start, end in zip(bounds, bounds[1:]):
             self.cursor = max(self.cursor, self.loop.time()) + delay
-            self.loop.call_at(self.cursor, self._raw_write, self._frame(data[i:i + split]))
+            self.loop.call_at(self.cursor, self._raw_write, self._frame(data[start:end]))
 
     def _raw_write(self, data: bytes) -> None:
         if not self.conn.transport.is_closing():
@@ -463,7 +400,7 @@ class _Reply:
         interval = self.params["interval_ms"]
         if interval <= 0:  # a burst: every token in one write
             rest = tuple(self.tokens[self.index:])
-            self.record.tokens_sent += len(rest)
+            self.record.tokens_sent += len(rest)  # counted before the write: the client may read first
             self.index = len(self.tokens)
             if self.framing == "chunked":
                 self.conn.transport.write(burst_bytes(self.wire.protocol, self.wire.model, rest, self.newline))
@@ -471,9 +408,9 @@ class _Reply:
                 self._write(b"".join(sse_event(*self.wire.token(token), self.newline) for token in rest))
             return self._end()
         if self.index < len(self.tokens):
+            self.record.tokens_sent += 1  # counted before the write: the client may read it before the next line
             self._write(sse_event(*self.wire.token(self.tokens[self.index]), self.newline))
             self.index += 1
-            self.record.tokens_sent += 1
             return self._schedule(interval)
         self._end()
 
@@ -482,9 +419,7 @@ class _Reply:
         if fault == "drop_after":
             self.conn.transport.close()  # no terminating chunk: a dropped connection
         elif fault == "error_after":
-            self._write(sse_event(*self.wire.stream_error(), self.newline))
-            if self.wire.protocol == "openai":
-                self._write(sse_event("", "[DONE]", self.newline))
+            self._write(b"".join(sse_event(n, d, self.newline) for n, d in self.wire.stream_error()))
             self._finish()
         elif fault == "bad_json":
             self._write(f"data: {{\"choices\": [{{\"delta\": {self.newline}{self.newline}".encode())
@@ -512,22 +447,3 @@ class _Reply:
         self.conn.reply_done()
         if self.framing in ("close", "chunked-close"):
             transport.close()  # for "close", this is the end of the body
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8400)
-    parser.add_argument("--first-token-ms", type=float, default=DEFAULTS["first_token_ms"])
-    parser.add_argument("--interval-ms", type=float, default=DEFAULTS["interval_ms"])
-    parser.add_argument("--tokens", type=int, default=DEFAULTS["tokens"])
-    args = parser.parse_args()
-    defaults = {"first_token_ms": args.first_token_ms, "interval_ms": args.interval_ms, "tokens": args.tokens}
-    try:
-        asyncio.run(FakeUpstream(args.host, args.port, defaults, keep_records=2000).serve_forever())
-    except KeyboardInterrupt:
-        pass
-
-
-if __name__ == "__main__":
-    main()

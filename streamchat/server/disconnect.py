@@ -6,7 +6,7 @@ better: an io watcher on the client socket fires when it becomes readable;
 the request body has been read, so readable means the peer closed (``recv``
 peeks ``b""``) or reset. The watcher's callback, running in gevent's hub,
 raises ``ClientDisconnected`` in the request's greenlet wherever that is
-blocked, and the body generator's ``finally`` closes the upstream response.
+blocked, and the reply's ``finally`` closes the upstream response.
 A bare watcher costs no greenlet of its own per request.
 
 ``read_body_within`` bounds the time a client may take to send its request
@@ -20,9 +20,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Callable
 
-
-class ClientDisconnected(Exception):
-    """The client closed its connection before the reply was complete."""
+from ..errors import ClientDisconnected
 
 
 class ClientTimeout(Exception):

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 import requests
 import urllib3.exceptions
 
-from ..chunked import ChunkedFramingError
+from .chunked import ChunkedFramingError
 from ..errors import (
     BadStream,
     ProviderError,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...transport.failures import in_stream_error
 from ..sse import ServerSentEvent
-from .base import EndOfStream, Provider, load_json_event
-from .failures import in_stream_error
+from .base import EndOfStream, HTTPProvider, load_json_event
 
 
 def _text_of(content: Any) -> str:
@@ -18,14 +18,19 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-class OpenAIChat(Provider):
+class OpenAIChat(HTTPProvider):
     """``POST {base}/chat/completions`` with ``"stream": true``; text in ``choices[0].delta.content``."""
 
     name = "openai"
+    title = "an OpenAI-compatible API"
     key_env_var = "OPENAI_API_KEY"
     base_url_env_var = "OPENAI_BASE_URL"
     model_env_var = "OPENAI_MODEL"
     default_model = "gpt-4o-mini"
+    default_base_url = "https://api.openai.com/v1"
+    base_url_doc = ("Base URL including `/v1`. Setting it without a key enables keyless local servers "
+                    "(Ollama `http://127.0.0.1:11434/v1`, llama.cpp, vLLM).")
+    keyless = True
 
     def build_request(self, messages):
         body: dict[str, Any] = {"model": self.model, "stream": True, "max_tokens": self.max_tokens}

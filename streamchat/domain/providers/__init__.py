@@ -1,0 +1,43 @@
+"""The upstream chat APIs, and the registry that turns settings into an ordered chain of them.
+
+Adding a provider is one module declaring an ``HTTPProvider`` subclass and one
+line in ``PROVIDERS``: its settings, hints and README rows follow from the class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...transport.session import new_session
+from .anthropic import AnthropicMessages
+from .base import HTTPProvider, Provider, Timeouts
+from .openai import OpenAIChat
+
+#: Every provider the service can call, in the default order of the chain.
+PROVIDERS: tuple[type[HTTPProvider], ...] = (OpenAIChat, AnthropicMessages)
+PROVIDER_CLASSES: dict[str, type[HTTPProvider]] = {cls.name: cls for cls in PROVIDERS}
+
+__all__ = ["PROVIDERS", "PROVIDER_CLASSES", "AnthropicMessages", "HTTPProvider", "OpenAIChat", "Provider",
+           "Timeouts", "build_chain"]
+
+
+def build_chain(settings: Any) -> list[Provider]:
+    """Return the providers named by ``settings.llm_providers``, in the order they should be tried."""
+    timeouts = Timeouts(connect=settings.llm_connect_timeout, first_token=settings.llm_first_token_timeout,
+                        idle=settings.llm_idle_timeout, max_duration=settings.llm_max_duration)
+    chain: list[Provider] = []
+    for name in settings.llm_providers:
+        cls = PROVIDER_CLASSES[name]
+        base_url = getattr(settings, cls.base_url_env_var.lower())
+        chain.append(cls(
+            model=getattr(settings, cls.model_env_var.lower()) or cls.default_model,
+            base_url=base_url,
+            api_key=getattr(settings, cls.key_env_var.lower()),
+            # One pooled session per provider: connections are reused across requests.
+            session=new_session(settings.llm_pool_size, base_url),
+            timeouts=timeouts,
+            max_tokens=settings.llm_max_tokens,
+            temperature=settings.llm_temperature,
+            system_prompt=settings.system_prompt,
+        ))
+    return chain

@@ -1,0 +1,219 @@
+"""The provider contract, and the HTTP + Server-Sent Events loop the real providers share.
+
+``Provider`` is the contract the relay uses: a ``name``, a ``model``, a
+``base_url`` and one generator, ``stream(messages)``, that yields the reply's
+text and raises a ``streamchat.errors.ProviderError`` for any failure.
+
+``HTTPProvider`` implements it for an upstream chat API. A subclass declares
+its facts (``name``, ``title``, the environment variables it reads, its
+default model and base URL, whether it may run without a key): the settings,
+the "no provider configured" hint and the README's configuration table are
+generated from them. It implements three small methods: ``build_request``
+(URL, headers, JSON body), ``parse_event`` (one SSE event to text) and
+``parse_json_body`` (for a proxy that ignored ``"stream": true``). How the
+request is sent and the body read is ``streamchat.transport``'s business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator
+
+import requests
+
+from ...errors import BadStream, ProviderError, UpstreamTimeout
+from ...transport.body import ChunkedBody, raw_reader
+from ...transport.failures import error_for_status, translate_errors
+from ...transport.session import send_json
+from ..sse import ServerSentEvent, SSEDecoder
+
+ERROR_BODY_LIMIT = 65536
+JSON_BODY_LIMIT = 4 * 1024 * 1024
+
+
+class EndOfStream(Exception):
+    """The provider's own end marker (``[DONE]``, ``message_stop``) arrived."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    first_token: float
+    idle: float
+    max_duration: float
+
+
+class Provider:
+    """What the relay needs of an upstream: who it is, and ``stream()``."""
+
+    name: ClassVar[str]
+    model: str
+    base_url: str
+
+    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
+        """Yield the reply's text; raise a ``ProviderError`` for any failure, before or after the first text."""
+        raise NotImplementedError
+
+
+class HTTPProvider(Provider):
+    """One upstream chat API spoken over HTTP with a Server-Sent Events body."""
+
+    #: How the README and error messages name the API, e.g. "an OpenAI-compatible API".
+    title: ClassVar[str]
+    key_env_var: ClassVar[str]
+    base_url_env_var: ClassVar[str]
+    model_env_var: ClassVar[str]
+    default_model: ClassVar[str]
+    default_base_url: ClassVar[str]
+    #: What the base URL must look like, for the README.
+    base_url_doc: ClassVar[str] = ""
+    #: Whether setting the base URL alone (no key) configures it: a local server such as Ollama.
+    keyless: ClassVar[bool] = False
+
+    def __init__(self, *, model: str, base_url: str, api_key: str, session: requests.Session,
+                 timeouts: Timeouts, max_tokens: int, temperature: float | None, system_prompt: str):
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.session = session
+        self.timeouts = timeouts
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.system_prompt = system_prompt
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model} at {self.base_url}>"
+
+    # -- what a subclass implements ---------------------------------------------------------
+
+    def build_request(self, messages: list[dict[str, str]]) -> tuple[str, dict[str, str], dict[str, Any]]:
+        raise NotImplementedError
+
+    def parse_event(self, event: ServerSentEvent) -> str:
+        """Return the text in ``event`` ("" for none); raise EndOfStream or a ProviderError."""
+        raise NotImplementedError
+
+    def parse_json_body(self, payload: Any) -> str:
+        raise NotImplementedError
+
+    # -- the generator ------------------------------------------------------------------------
+
+    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
+        """Yield the reply's text: one string per upstream read, joining every delta it held.
+
+        Raises a ``ProviderError`` for any failure, including no text before the
+        first-token deadline, silence longer than the idle timeout, or a reply
+        longer than the maximum duration. Always closes the upstream response.
+        """
+        started = time.monotonic()
+        timeouts = self.timeouts
+        with translate_errors(self.name):
+            # Returned without its request: the conversation in its body is freed once sent.
+            response = send_json(self.session, *self.build_request(messages),
+                                 timeout=(timeouts.connect, timeouts.first_token))
+        del messages  # a long conversation must not stay in memory while the reply streams
+        body = None
+        try:
+            with translate_errors(self.name):
+                if response.status_code != 200:
+                    raise error_for_status(self.name, response.status_code, response.headers,
+                                           response.raw.read(ERROR_BODY_LIMIT))
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    yield self._json_reply(response)
+                    return
+                # One generator for the whole read loop: every level would cost each chunk a frame switch.
+                body = ChunkedBody.of(response)
+                read = body.read if body is not None else raw_reader(response)
+                first_text_deadline = started + timeouts.first_token
+                end = started + timeouts.max_duration
+                decoder = SSEDecoder()
+                seen_text = False
+                while True:
+                    # Each read is bounded by whichever deadline comes first,
+                    # so keep-alive comments cannot stretch the wait for the first text.
+                    now = time.monotonic()
+                    timeout = min(timeouts.idle, end - now) if seen_text else min(first_text_deadline, end) - now
+                    if timeout <= 0:
+                        what = "maximum duration" if seen_text else "first-token deadline"
+                        raise UpstreamTimeout(f"{self.name} reached the {what}", provider=self.name)
+                    chunk = read(timeout)
+                    if chunk:
+                        events = decoder.feed(chunk)
+                        if not events:
+                            continue
+                        text, ending = self._text_of(events)
+                    else:  # the body ended without the provider's end marker
+                        text, ending = self._text_of(decoder.finish())
+                        ending = ending or EndOfStream()
+                    if text:
+                        seen_text = True
+                        yield text  # every delta of this read in one write, before whatever ended the stream
+                    if ending is not None:
+                        break
+                if isinstance(ending, ProviderError):
+                    raise ending
+                if not seen_text:
+                    raise BadStream(f"{self.name} stream ended before any text", provider=self.name)
+                if chunk:
+                    self._drain(read)
+        finally:
+            if body is not None:
+                body.close()
+            response.close()
+
+    def _text_of(self, events: list[ServerSentEvent]) -> tuple[str, EndOfStream | ProviderError | None]:
+        """Return the text of ``events`` up to whatever ended the stream among them, and that ending.
+
+        The one place where events become text: whether the stream ends with its
+        marker or with an error (an error event, JSON that is not an event), every
+        delta parsed before it is returned first.
+        """
+        parse = self.parse_event
+        pieces = []
+        ending = None
+        for event in events:
+            try:
+                text = parse(event)
+            except EndOfStream as exc:
+                ending = exc
+                break
+            if text:
+                pieces.append(text)
+        return "".join(pieces), ending
+
+    def _drain(self, read: Callable[[float], bytes]) -> None:
+        # Read the few bytes after the end marker so the connection returns to the pool.
+        with contextlib.suppress(Exception):
+            while read(min(1.0, self.timeouts.idle)):
+                pass
+
+    def _json_reply(self, response: requests.Response) -> str:
+        body = response.raw.read(JSON_BODY_LIMIT)
+        try:
+            text = self.parse_json_body(json.loads(body))
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+            raise BadStream(f"{self.name} sent JSON that is not a reply: {exc}", provider=self.name) from exc
+        if not text:
+            raise BadStream(f"{self.name} sent a reply with no text", provider=self.name)
+        return text
+
+
+#: The C scanner behind ``json.loads``: half of what ``json.loads`` costs on a short event is its Python wrapping.
+_scan_json = json.JSONDecoder().scan_once
+
+
+def load_json_event(provider: str, data: str) -> Any:
+    """Parse an event's JSON data, raising BadStream when it is not JSON."""
+    try:
+        value, end = _scan_json(data, 0)
+        if end == len(data):
+            return value
+    except (StopIteration, ValueError, RecursionError):
+        pass
+    try:
+        return json.loads(data)  # whitespace around the value, extra data, or no JSON at all: json.loads decides
+    except (ValueError, RecursionError):
+        raise BadStream(f"{provider} sent an event that is not JSON: {data[:80]!r}", provider=provider) from None

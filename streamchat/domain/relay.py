@@ -1,0 +1,234 @@
+"""Choose who answers, before the first byte, then stream the answer as text.
+
+``Relay.open()`` walks the provider chain: it skips providers the circuit
+breaker is cooling down, starts each remaining one and waits (under the
+provider's first-token deadline) for its first text. The first provider to
+produce text answers ``live``; if none does, the rules responder answers in
+``fallback`` mode with the reason of the first failure. Either way the
+caller gets a ``Reply`` whose mode is final (so its headers can be sent),
+whose ``text()`` yields the reply as ``str``, and whose ``record`` says, once
+it ends, how: ``complete``, ``cut_short`` (with ``cut_reason``) or
+``client_gone``. Turning text and ending into bytes (the cut-short notice
+included) is the web layer's job, one framer per wire format.
+
+When a reply closes, its final ``ReplyRecord`` goes to every function in
+``Relay.listeners`` (the access log, metrics): one hook for every way a reply
+ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+from ..errors import ClientDisconnected, ProviderError
+from .breaker import CircuitBreaker
+from .providers import Provider
+
+log = logging.getLogger("streamchat")
+
+#: How a reply ended (``ReplyRecord.ended``); ``open`` until it does.
+OPEN, COMPLETE, CUT_SHORT, CLIENT_GONE = "open", "complete", "cut_short", "client_gone"
+#: X-Terminal-Reason when provider code raised something that is not a ProviderError: a bug, logged with its traceback.
+INTERNAL_ERROR = "internal_error"
+#: The failure reason of a provider skipped because the circuit breaker is cooling it down.
+COOLING_DOWN = "cooling_down"
+FALLBACK_WORDS_PER_CHUNK = 3
+
+
+class Responder(Protocol):
+    """What answers when no model does: the rules (``streamchat.domain.rules.RulesStore``)."""
+
+    def reply(self, messages: list[dict[str, str]]) -> tuple[str, str]:
+        """Return ``(rule name, reply text)`` for the conversation."""
+
+    def health(self) -> dict[str, Any]:
+        """Return what ``/healthz`` shows of the responder; a non-empty ``"error"`` when it needs attention."""
+
+
+@dataclass
+class ReplyRecord:
+    """Everything known about one reply; final once it closes, when it goes to the listeners."""
+
+    mode: str = "live"  # live | fallback
+    reason: str = ""  # with fallback: why no model answered (X-Terminal-Reason)
+    provider: str = ""
+    model: str = ""
+    rule: str = ""  # with fallback: the rule that answered
+    started: float = field(default_factory=time.perf_counter)  # perf_counter() when the request began
+    first_byte_at: float | None = None  # when the first text was handed to the client
+    ended_at: float | None = None
+    chunks: int = 0  # pieces of text handed out
+    bytes: int = 0  # bytes the framer wrote for them (the notice not included)
+    ended: str = OPEN
+    cut_reason: str = ""  # with cut_short: the X-Terminal-Reason-style slug of what broke
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (provider, reason), in chain order
+    tags: dict[str, Any] = field(default_factory=dict)  # the caller's labels: request id, endpoint...
+
+
+class OpenStreams:
+    """How many replies are streaming now in this process (for /healthz and leak checks)."""
+
+    count = 0
+
+
+class Reply:
+    """A reply whose mode is decided; ``text()`` streams it, ``close()`` ends it however far it got."""
+
+    __slots__ = ("record", "_first", "_rest", "_on_close", "_relay", "_texts", "_released", "_closed")
+
+    def __init__(self, record: ReplyRecord, first: str, rest: Iterator[str], on_close: Callable[[], None] | None,
+                 relay: "Relay"):
+        self.record = record
+        self._first = first
+        self._rest = rest
+        self._on_close = on_close
+        self._relay = relay
+        self._texts: Iterator[str] | None = None
+        self._released = False
+        self._closed = False
+
+    def text(self) -> Iterator[str]:
+        """Return the reply's text as an iterator of ``str``; ``record.ended`` says how it ended."""
+        self._texts = self._stream()
+        return self._texts
+
+    def _stream(self) -> Iterator[str]:
+        record = self.record
+        self._relay.open_streams.count += 1
+        try:
+            record.first_byte_at = time.perf_counter()
+            record.chunks = 1
+            yield self._first
+            for text in self._rest:
+                record.chunks += 1
+                yield text
+            record.ended = COMPLETE
+        except ProviderError as exc:
+            record.ended, record.cut_reason = CUT_SHORT, exc.reason
+            log.warning("stream cut short: %s", exc)
+        except ClientDisconnected:
+            record.ended = CLIENT_GONE
+        except Exception:  # a bug, not the user's fault: end the reply as for a provider failure
+            record.ended, record.cut_reason = CUT_SHORT, INTERNAL_ERROR
+            log.exception("stream cut short by an unexpected error")
+        finally:
+            self._relay.open_streams.count -= 1
+            self._release()
+
+    def _release(self) -> None:
+        # Close the upstream at once, and run the caller's callback (the client watch stops).
+        if self._released:
+            return
+        self._released = True
+        try:
+            close = getattr(self._rest, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    def close(self) -> None:
+        """End the reply wherever it is (a client that left ends it here) and hand its record to the listeners."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._texts is not None:
+                self._texts.close()  # its finally closes the upstream
+            self._release()  # a reply whose text was never asked for
+        finally:
+            record = self.record
+            if record.ended == OPEN:
+                record.ended = CLIENT_GONE
+            record.ended_at = time.perf_counter()
+            for listener in self._relay.listeners:
+                try:
+                    listener(record)
+                except Exception:  # a listener's bug must not break the others, nor the reply's end
+                    log.exception("reply listener %r failed", listener)
+
+
+class Relay:
+    """The provider chain, the circuit breaker and the rules responder behind it."""
+
+    def __init__(self, chain: list[Provider], rules: Responder, breaker: CircuitBreaker,
+                 fallback_delay: float = 0.0):
+        self.open_streams = OpenStreams()
+        self.chain = chain
+        self.rules = rules
+        self.breaker = breaker
+        self.fallback_delay = fallback_delay
+        #: Called with each reply's final ``ReplyRecord`` when it closes.
+        self.listeners: list[Callable[[ReplyRecord], None]] = []
+
+    def open(self, messages: list[dict[str, str]], *, on_close: Callable[[], None] | None = None,
+             live_denied: str | None = None, record: ReplyRecord | None = None) -> Reply:
+        """Return a reply from the first provider that produces text in time, else from the rules.
+
+        ``on_close`` runs once the reply no longer streams (or if choosing raises).
+        ``live_denied`` is a reason (such as ``"budget"``) to answer from the rules
+        without trying any provider. ``record`` carries the caller's start time and tags.
+        """
+        try:
+            return self._open(messages, on_close, live_denied, record or ReplyRecord())
+        except BaseException:
+            if on_close is not None:
+                on_close()  # no reply will run it
+            raise
+
+    def _open(self, messages, on_close, live_denied, record: ReplyRecord) -> Reply:
+        reasons: list[str] = []  # why each provider did not answer, in chain order
+        for provider in self.chain if live_denied is None else ():
+            skip = self.breaker.skip_reason(provider.name)
+            if skip:
+                reasons.append(skip)
+                record.failures.append((provider.name, COOLING_DOWN))
+                continue
+            stream = provider.stream(messages)
+            try:
+                first = next(stream)
+            except ProviderError as exc:
+                self.breaker.record(provider.name, exc)
+                reasons.append(exc.reason)
+                record.failures.append((provider.name, exc.reason))
+                log.warning("provider failed before the first text: %s", exc)
+                continue
+            except ClientDisconnected:
+                raise
+            except Exception:  # a bug in provider code costs this reply its live answer, never the user's reply
+                reasons.append(INTERNAL_ERROR)
+                record.failures.append((provider.name, INTERNAL_ERROR))
+                log.exception("provider %s failed unexpectedly before the first text", provider.name)
+                continue
+            self.breaker.record(provider.name, None)
+            record.provider, record.model = provider.name, provider.model
+            return Reply(record, first, stream, on_close, self)
+        # The first failure is the one the site owner configured first: report that one.
+        record.mode, record.provider = "fallback", "rules"
+        record.reason = reasons[0] if reasons else live_denied or "no_provider"
+        record.rule, text = self.rules.reply(messages)
+        pieces = word_groups(text, FALLBACK_WORDS_PER_CHUNK, self.fallback_delay)
+        return Reply(record, next(pieces, ""), pieces, on_close, self)
+
+    def health(self) -> dict[str, Any]:
+        """Return what ``/healthz`` shows of the relay: providers, cool-downs, open streams, rules."""
+        return {
+            "providers": [{"name": p.name, "model": p.model, "base_url": p.base_url} for p in self.chain],
+            "cooling_down": self.breaker.state(),
+            "open_streams": self.open_streams.count,
+            "rules": self.rules.health(),
+        }
+
+
+def word_groups(text: str, size: int, delay: float = 0.0) -> Iterator[str]:
+    """Yield ``text`` a few words at a time, optionally at a typing pace of ``delay`` seconds a group."""
+    words = re.findall(r"\s*\S+\s*", text) or [text]
+    for start in range(0, len(words), size):
+        if delay and start:
+            time.sleep(delay)
+        yield "".join(words[start:start + size])

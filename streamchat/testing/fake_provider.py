@@ -1,0 +1,66 @@
+"""An in-process provider for view tests: queue replies or failures, then read what it was asked.
+
+    fake = FakeProvider()
+    fake.enqueue("Hello", " there")                       # a reply in two pieces
+    fake.enqueue(then=RateLimited("429"))                 # no text: the rules answer
+    fake.enqueue("Half a repl", then=UpstreamTimeout("")) # cut short after its text
+    app = create_app({...}, providers=[fake])
+    ...
+    fake.history[0].messages, fake.history[0].closed
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ..domain.providers import Provider
+from ..errors import ProviderError
+
+DEFAULT_REPLY = ("Hello from the fake provider.",)
+
+
+@dataclass
+class FakeCall:
+    """One call of ``stream()``: the messages it got, what it yielded, and whether it was closed."""
+
+    messages: list[dict[str, str]]
+    yielded: list[str] = field(default_factory=list)
+    closed: bool = False
+
+
+class FakeProvider(Provider):
+    """A provider whose replies are queued by the test; with nothing queued it says ``DEFAULT_REPLY``."""
+
+    name = "fake"
+
+    def __init__(self, model: str = "fake-model", name: str = "fake"):
+        self.name = name  # type: ignore[misc]  (a class attribute on real providers)
+        self.model = model
+        self.base_url = "in-process"
+        self.history: list[FakeCall] = []
+        self._queue: deque[tuple[tuple[str, ...], ProviderError | None]] = deque()
+
+    def enqueue(self, *pieces: str, then: ProviderError | None = None) -> "FakeProvider":
+        """Queue a reply yielding ``pieces`` in turn, then raising ``then`` if given."""
+        self._queue.append((pieces, then))
+        return self
+
+    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
+        pieces, then = self._queue.popleft() if self._queue else (DEFAULT_REPLY, None)
+        call = FakeCall(messages=list(messages))
+        self.history.append(call)
+        return self._stream(call, pieces, then)
+
+    def _stream(self, call: FakeCall, pieces: tuple[str, ...], then: ProviderError | None) -> Iterator[str]:
+        try:
+            for piece in pieces:
+                call.yielded.append(piece)
+                yield piece
+            if then is not None:
+                if not then.provider:
+                    then.provider = self.name
+                raise then
+        finally:
+            call.closed = True

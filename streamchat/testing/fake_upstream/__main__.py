@@ -1,0 +1,26 @@
+"""``python -m streamchat.testing.fake_upstream --port 8400``: serve the fake upstream until Ctrl-C."""
+
+import argparse
+import asyncio
+
+from .server import DEFAULTS, FakeUpstream
+from .server import __doc__ as server_doc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=server_doc.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8400)
+    parser.add_argument("--first-token-ms", type=float, default=DEFAULTS["first_token_ms"])
+    parser.add_argument("--interval-ms", type=float, default=DEFAULTS["interval_ms"])
+    parser.add_argument("--tokens", type=int, default=DEFAULTS["tokens"])
+    args = parser.parse_args()
+    defaults = {"first_token_ms": args.first_token_ms, "interval_ms": args.interval_ms, "tokens": args.tokens}
+    try:
+        asyncio.run(FakeUpstream(args.host, args.port, defaults, keep_records=2000).serve_forever())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

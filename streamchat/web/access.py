@@ -1,0 +1,102 @@
+"""Request ids, the log's format, and one access-log line per request.
+
+A streamed reply is logged by ``log_reply``, a ``Relay`` listener, when the
+reply closes: its ``ReplyRecord`` carries the request's own fields as tags.
+Every other request (errors, the page, ``/healthz``) is logged when its
+response closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, g, request
+
+from ..domain.relay import ReplyRecord
+
+log = logging.getLogger("streamchat")
+access_log = logging.getLogger("streamchat.access")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LOGGED_USER_TEXT_CHARS = 500
+
+
+def init_app(app: Flask) -> None:
+    """Give every request an id, and log every request that is not a streamed reply when it closes."""
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+
+
+def configure_logging() -> None:
+    """Send the service's logs (and flask-limiter's warnings) to stdout, once per process."""
+    if getattr(log, "_configured", False):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    # flask-limiter warns here when its storage (Redis) is unreachable.
+    limiter_log = logging.getLogger("flask-limiter")
+    limiter_log.addHandler(handler)
+    limiter_log.propagate = False
+    log._configured = True  # type: ignore[attr-defined]
+
+
+def request_started() -> float:
+    """Return when this request began (``perf_counter``)."""
+    return g.get("started") or time.perf_counter()
+
+
+def request_tags(user_text: str | None) -> dict[str, Any]:
+    """Return this request's fields for its reply's record: what the access line shows besides the reply."""
+    tags: dict[str, Any] = {"request_id": g.get("request_id", "-"), "method": request.method, "path": request.path,
+                            "status": 200}
+    if user_text is not None:
+        # Only what the log line shows: the whole message would stay in memory while the reply streams.
+        tags["user_text"] = user_text[:LOGGED_USER_TEXT_CHARS]
+    return tags
+
+
+def _start_request() -> None:
+    g.started = time.perf_counter()
+    incoming = request.headers.get("X-Request-Id", "")
+    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def _finish_request(response):
+    response.headers["X-Request-Id"] = g.get("request_id", "-")
+    if g.get("reply_record") is None:  # a streamed reply is logged by log_reply when it closes
+        fields = {"request_id": g.get("request_id", "-"), "method": request.method, "path": request.path,
+                  "status": response.status_code}
+        started = g.get("started", time.perf_counter())
+        response.call_on_close(lambda: _write_line(fields, started))
+    return response
+
+
+def _write_line(fields: dict[str, Any], started: float) -> None:
+    access_log.info(" ".join(f"{key}={value}" for key, value in fields.items())
+                    + f" duration_ms={(time.perf_counter() - started) * 1000:.1f}")
+
+
+def log_reply(record: ReplyRecord) -> None:
+    """Write the access line of a streamed reply (a ``Relay`` listener)."""
+    tags = record.tags
+    if "request_id" not in tags:
+        return  # not a web request's reply
+    started, first, now = record.started, record.first_byte_at, record.ended_at or time.perf_counter()
+    line = {key: tags[key] for key in ("request_id", "method", "path", "status")}
+    line.update(mode=record.mode, provider=record.provider, model=record.model or "-",
+                reason=record.reason or record.cut_reason or "-",
+                ttfb_ms=f"{(first - started) * 1000:.1f}" if first else "-",
+                duration_ms=f"{(now - started) * 1000:.1f}", chunks=record.chunks, bytes=record.bytes,
+                ended=record.ended, failures=",".join(f"{p}:{r}" for p, r in record.failures) or "-")
+    if record.rule:
+        line["rule"] = record.rule
+    if "user_text" in tags:
+        line["user_text"] = repr(tags["user_text"])
+    access_log.info(" ".join(f"{key}={value}" for key, value in line.items()))

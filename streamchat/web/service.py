@@ -1,0 +1,27 @@
+"""The per-process service a request needs, and its one accessor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from ..config import Settings
+from ..domain.relay import Relay
+from .limits import LiveBudget
+
+EXTENSION = "streamchat"
+
+
+@dataclass
+class Service:
+    """Everything a request needs, built once per process by ``create_app``."""
+
+    settings: Settings
+    relay: Relay
+    budget: LiveBudget
+
+
+def service() -> Service:
+    """Return the current app's service."""
+    return current_app.extensions[EXTENSION]
