@@ -177,7 +177,7 @@ class HTTPProvider(Provider):
         for event in events:
             try:
                 text = parse(event)
-            except EndOfStream as exc:
+            except (EndOfStream, ProviderError) as exc:
                 ending = exc
                 break
             if text:
