@@ -3,11 +3,15 @@
 import pytest
 
 from app import create_app
-from streamchat.domain.relay import ReplyRecord
+from streamchat.domain.breaker import CircuitBreaker
+from streamchat.domain.relay import Relay, ReplyRecord
+from streamchat.domain.rules import RulesStore
 from streamchat.errors import ProviderRejected, UpstreamTimeout
 from streamchat.testing.fake_provider import FakeProvider
+from streamchat.transport.failures import in_stream_error
 from streamchat.web.service import service
 from streamchat.web.streaming import CUT_SHORT_NOTICE
+from servers import REPO
 
 HELLO = {"messages": [{"role": "user", "content": "hello"}]}
 
@@ -105,3 +109,59 @@ def test_healthz_asks_the_relay(client):
     assert body["providers"] == [{"name": "fake", "model": "fake-1", "base_url": "in-process"}]
     assert body["rules"] == relay.rules.health()
     assert body["status"] == "ok"
+
+
+# -- the breaker: only availability errors cool a provider down for everyone ------------------------
+
+REQUEST_ERRORS = [
+    {"type": "invalid_request_error", "message": "prompt is too long"},  # Anthropic and OpenAI
+    {"message": "This model's maximum context length is 8192 tokens", "type": "invalid_request_error",
+     "param": "messages", "code": "context_length_exceeded"},  # OpenAI
+    {"message": "Failed to call a function", "type": "invalid_request_error", "code": "tool_use_failed"},  # Groq
+    {"object": "error", "message": "max_tokens is too large", "type": "BadRequestError", "code": 400},  # vLLM
+    {"type": "not_found_error", "message": "model: claude-x"},  # Anthropic
+    {"type": "request_too_large", "message": "Request exceeds the maximum size"},  # Anthropic
+    {"code": 400, "message": "Provider returned error"},  # OpenRouter
+    {"message": "something went wrong"},  # no type, no code: nothing says it is an outage
+]
+AUTH_ERRORS = [{"type": "authentication_error", "message": "invalid x-api-key"},
+               {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"},
+               {"type": "permission_error", "message": "not allowed"}]
+AVAILABILITY_ERRORS = [
+    ({"type": "overloaded_error", "message": "Overloaded"}, "upstream_error"),  # Anthropic
+    ({"type": "api_error", "message": "Internal server error"}, "upstream_error"),  # Anthropic
+    ({"message": "The server had an error", "type": "server_error", "code": None}, "upstream_error"),  # OpenAI
+    ({"type": "rate_limit_error", "message": "Rate limited"}, "rate_limited"),
+    ({"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}, "rate_limited"),
+    ({"code": 502, "message": "Upstream provider error"}, "upstream_error"),  # OpenRouter
+    ({"type": "timeout_error", "message": "Request timed out"}, "timeout"),
+]
+
+
+@pytest.mark.parametrize("error", REQUEST_ERRORS + AUTH_ERRORS)
+def test_an_error_about_this_request_does_not_cool_the_provider_down(error):
+    fake = FakeProvider()
+    relay = Relay([fake], RulesStore(str(REPO / "rules.yaml")), CircuitBreaker(30))
+    fake.enqueue(then=in_stream_error("fake", error))
+    assert relay.open(HELLO["messages"]).record.mode == "fallback"
+    assert relay.breaker.state() == {}
+    reply = relay.open(HELLO["messages"])  # the next user's request tries the provider again
+    assert reply.record.mode == "live" and len(fake.history) == 2
+
+
+@pytest.mark.parametrize("error, reason", AVAILABILITY_ERRORS)
+def test_an_availability_error_cools_the_provider_down(error, reason):
+    fake = FakeProvider()
+    relay = Relay([fake], RulesStore(str(REPO / "rules.yaml")), CircuitBreaker(30))
+    fake.enqueue(then=in_stream_error("fake", error))
+    first = relay.open(HELLO["messages"])
+    assert (first.record.mode, first.record.reason) == ("fallback", reason)
+    assert relay.breaker.state()["fake"]["reason"] == reason
+    second = relay.open(HELLO["messages"])
+    assert second.record.mode == "fallback" and len(fake.history) == 1
+    assert second.record.failures == [("fake", "cooling_down")]
+
+
+def test_auth_errors_in_a_stream_say_so():
+    for error in AUTH_ERRORS:
+        assert in_stream_error("p", error).reason == "auth_rejected"

@@ -90,15 +90,41 @@ def _error_message(body: bytes) -> str:
         return body[:200].decode("utf-8", "replace").strip()
 
 
+#: In-stream error types that say the provider cannot answer now, for anyone (both protocols' documented
+#: types: OpenAI's and its compatibles' ``error.type``/``code``, Anthropic's ``error.type``).
+AVAILABILITY_TYPES = {"overloaded_error", "overloaded", "api_error", "server_error", "internal_server_error",
+                      "internal_error", "service_unavailable", "service_unavailable_error", "timeout_error",
+                      "timeout", "rate_limit_error", "rate_limit_exceeded", "insufficient_quota", "billing_error"}
+#: In-stream error types that are about this request or its key: the next request may well succeed.
+AUTH_TYPES = {"authentication_error", "invalid_api_key", "permission_error", "permission_denied"}
+
+
 def in_stream_error(provider: str, error: Any) -> ProviderError:
-    """Return the error that an error object inside a 200 stream stands for."""
+    """Return the error that an error object inside a 200 stream stands for.
+
+    Only an availability error (overloaded, rate-limited, a server or API error,
+    a timeout) is a ``ProviderUnavailable`` that cools the provider down for
+    everyone. One about this request (``invalid_request_error``, a context or
+    token limit, a tool-use error, a 4xx ``code``) or its key is a
+    ``ProviderRejected``: it costs this request its live answer, no one else's.
+    An error with no type or code says nothing about its cause: the request's own.
+    """
     if isinstance(error, dict):
-        kind = str(error.get("type") or "")
-        code = str(error.get("code") or "")
+        kind = str(error.get("type") or "").lower()
+        raw_code = error.get("code") if error.get("code") is not None else error.get("status")
+        code = str(raw_code if raw_code is not None else "").lower()
         message = str(error.get("message") or kind or code or error)[:300]
     else:
         kind = code = ""
         message = str(error)[:300]
-    if "rate_limit" in kind or code in ("429", "rate_limit_exceeded"):
-        return RateLimited(f"{provider} stream error: {message}", provider=provider)
-    return UpstreamServerError(f"{provider} stream error: {message}", provider=provider)
+    text = f"{provider} stream error: {message}"
+    status = int(code) if code.isdigit() else None
+    if "rate_limit" in kind or "rate_limit" in code or status == 429:
+        return RateLimited(text, provider=provider, status=status)
+    if kind in ("timeout_error", "timeout") or code == "timeout" or status in (408, 504):
+        return UpstreamTimeout(text, provider=provider, status=status)
+    if kind in AUTH_TYPES or code in AUTH_TYPES or status in (401, 403):
+        return ProviderRejected(text, provider=provider, status=status if status in (401, 403) else 401)
+    if (status is not None and status >= 500) or kind in AVAILABILITY_TYPES or code in AVAILABILITY_TYPES:
+        return UpstreamServerError(text, provider=provider, status=status)
+    return ProviderRejected(text, provider=provider, status=status if status is not None and status < 500 else 400)
