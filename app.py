@@ -9,11 +9,12 @@ from typing import Mapping, Sequence
 import click
 from flask import Flask
 
-from streamchat.config import load_settings, no_provider_hint
+from streamchat.config import SETTINGS, load_settings, no_provider_hint
 from streamchat.domain.breaker import CircuitBreaker
 from streamchat.domain.providers import Provider, build_chain
 from streamchat.domain.relay import Relay
 from streamchat.domain.rules import RulesStore, check_file
+from streamchat.redaction import remember_secrets
 from streamchat.web import access, errors, headers, limits
 from streamchat.web.service import EXTENSION, Service
 from streamchat.web.views import bp
@@ -28,6 +29,7 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     """
     settings = load_settings({**os.environ, **(test_config or {})})
     access.configure_logging()
+    remember_secrets(*(getattr(settings, s.attr) for s in SETTINGS if s.secret))  # never in a log line
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.chat_max_body_bytes
     app.json.sort_keys = False

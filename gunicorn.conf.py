@@ -2,11 +2,15 @@
 
 import gc
 import os
+import resource
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_class = "streamchat.server.worker.StreamingWorker"  # gevent's worker with a cheaper client write
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
+# Connection slots per worker. Idle and slow connections hold one each (a head must arrive within
+# CLIENT_HEADER_TIMEOUT of its first byte), so there are enough for thousands of them and the live
+# streams besides; each open stream also holds an upstream socket: see _allow_open_files.
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
 # For gevent workers this is a liveness heartbeat, not a request limit: streams may run longer.
 timeout = 30
 graceful_timeout = 20
@@ -19,6 +23,18 @@ loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 # Never preload: the app imports requests/ssl, which must come after gevent's monkey-patching.
 preload_app = False
 GC_YOUNG_THRESHOLD = 10_000
+
+
+def _allow_open_files(wanted: int) -> None:
+    # Many systems start processes with 1,024 open files: far fewer than worker_connections client
+    # sockets plus an upstream socket per stream. Raise the soft limit (as far as the hard one allows).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+_allow_open_files(2 * worker_connections + 256)
 
 
 def post_worker_init(worker):

@@ -159,7 +159,9 @@
     const picked = [];
     let chars = 0;
     for (let i = usable.length - 1; i >= 0; i -= 1) {
-      const size = usable[i].content.length; // UTF-16 units: never fewer than the server counts
+      // UTF-16 units: never fewer than the server counts; it also counts the two characters that join
+      // consecutive messages of one role (they go upstream as one).
+      const size = usable[i].content.length + (picked.length && picked[0].role === usable[i].role ? 2 : 0);
       if (picked.length && (picked.length >= limits.messages || chars + size > limits.chars)) break;
       picked.unshift({ role: usable[i].role, content: usable[i].content });
       chars += size;

@@ -166,8 +166,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CLIENT_TIMEOUT", _seconds, "60",
             "Seconds a client may take to send its request body (408 after), and may read nothing while its "
             "reply waits to be sent (then its stream is closed)."),
+    Setting("CLIENT_HEADER_TIMEOUT", _seconds, "10",
+            "Seconds a client may take to send a request's head, from its first byte (then its connection is "
+            "closed); a kept-alive connection may idle between requests for gunicorn's keep-alive time (75 s)."),
     Setting("CHAT_MAX_MESSAGES", _positive_int, "50", "Most messages accepted in one conversation."),
-    Setting("CHAT_MAX_CHARS", _positive_int, "32000", "Most characters accepted across all messages."),
+    Setting("CHAT_MAX_CHARS", _positive_int, "32000", "Most characters accepted across all messages, counting two for each break between consecutive "
+            "messages of one role (they are sent joined to APIs that want roles to alternate)."),
     Setting("CHAT_MAX_BODY_BYTES", _positive_int, "262144", "Largest request body in bytes (413 above it)."),
     Setting("RULES_PATH", _text, "rules.yaml", "The keyword rules used when no model answers."),
     Setting("FALLBACK_WORD_DELAY", _non_negative_seconds, "0",

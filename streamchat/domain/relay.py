@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 from ..errors import ClientDisconnected, ProviderError
+from ..redaction import url_without_secrets
 from .breaker import CircuitBreaker
 from .providers import Provider
 
@@ -218,7 +219,8 @@ class Relay:
     def health(self) -> dict[str, Any]:
         """Return what ``/healthz`` shows of the relay: providers, cool-downs, open streams, rules."""
         return {
-            "providers": [{"name": p.name, "model": p.model, "base_url": p.base_url} for p in self.chain],
+            "providers": [{"name": p.name, "model": p.model, "base_url": url_without_secrets(p.base_url)}
+                          for p in self.chain],
             "cooling_down": self.breaker.state(),
             "open_streams": self.open_streams.count,
             "rules": self.rules.health(),

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 ROLES = ("user", "assistant")
+#: Joins consecutive messages of one role for APIs that want roles to alternate (Anthropic's). The
+#: characters it adds count toward CHAT_MAX_CHARS, so the limit holds for what is actually sent.
+SAME_ROLE_SEPARATOR = "\n\n"
 
 
 class InvalidRequest(ValueError):
@@ -59,13 +62,21 @@ def parse_chat_request(body: bytes, content_type: str | None, limits: Limits) ->
         raise InvalidRequest(400, "too_many_messages",
                              f"The conversation has {len(messages)} messages; the limit is {limits.max_messages}.")
     clean = [_message(index, message) for index, message in enumerate(messages)]
-    total = sum(len(m["content"]) for m in clean)
+    total = sent_chars(clean)
     if total > limits.max_chars:
         raise InvalidRequest(400, "too_many_characters",
-                             f"The conversation has {total} characters; the limit is {limits.max_chars}.")
+                             f"The conversation has {total} characters (with two for each break between "
+                             f"consecutive messages of one role); the limit is {limits.max_chars}.")
     if clean[-1]["role"] != "user":
         raise InvalidRequest(400, "last_message_not_user", "The last message must be the user's.")
     return clean
+
+
+def sent_chars(messages: list[dict[str, str]]) -> int:
+    """Return the characters the conversation may take upstream: its messages, and the separators that
+    join consecutive messages of one role."""
+    joins = sum(1 for before, after in zip(messages, messages[1:]) if before["role"] == after["role"])
+    return sum(len(m["content"]) for m in messages) + joins * len(SAME_ROLE_SEPARATOR)
 
 
 def _message(index: int, message: Any) -> dict[str, str]:

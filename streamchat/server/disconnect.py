@@ -27,6 +27,10 @@ class ClientTimeout(Exception):
     """The client took longer than allowed to send its request body."""
 
 
+class MalformedBody(Exception):
+    """The request body's framing is broken (a bad chunk size, a missing CRLF...): the client's fault."""
+
+
 class ClientWatch:
     """Watch one client socket until ``stop()``; started by ``watch_client()``."""
 
@@ -72,14 +76,38 @@ def watch_client(environ: dict[str, Any]) -> ClientWatch:
 
 
 def read_body_within(environ: dict[str, Any], read: Callable[[], bytes], seconds: float) -> bytes:
-    """Return ``read()``; raise ``ClientTimeout`` if the client takes longer than ``seconds`` to send it."""
-    sock = environ.get("gunicorn.socket")
-    if sock is None or not _gevent_patched():
-        return read()
-    import gevent
+    """Return ``read()``; raise ``ClientTimeout`` if the client takes longer than ``seconds`` to send it.
 
-    with gevent.Timeout(seconds, ClientTimeout):
-        return read()
+    Raises ``MalformedBody`` when the server finds the body's framing broken, and
+    ``ClientDisconnected`` when the client closes the connection before the end of its body.
+    """
+    sock = environ.get("gunicorn.socket")
+    try:
+        if sock is None or not _gevent_patched():
+            return read()
+        import gevent
+
+        with gevent.Timeout(seconds, ClientTimeout):
+            return read()
+    except Exception as exc:
+        mapped = _body_error(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+
+
+def _body_error(exc: Exception) -> Exception:
+    # gunicorn reads the body as the app asks and raises its own parse errors; after one it closes the
+    # connection (its Body.failed), since where the next request would start is unknown.
+    try:
+        from gunicorn.http.errors import NoMoreData, ParseException
+    except ImportError:
+        return exc
+    if isinstance(exc, NoMoreData):
+        return ClientDisconnected()
+    if isinstance(exc, ParseException):
+        return MalformedBody((str(exc) or type(exc).__name__)[:100])
+    return exc
 
 
 def _gevent_patched() -> bool:

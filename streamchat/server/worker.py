@@ -15,6 +15,14 @@ it, for as long as it keeps the connection open. Either way the wait ends
 the pipe broke, which it takes quietly as the client being gone, and closes
 the reply, which closes the upstream response.
 
+A client also gets a bounded time to send its request head: gunicorn's gevent
+worker waits for a head for as long as the keep-alive timeout (75 s), however
+slowly it trickles in, so a few thousand clients sending a header byte every
+few seconds filled every connection slot and starved everyone else. Here a
+connection may stay idle for the keep-alive timeout, but from the first byte
+of a request its head must be complete within ``CLIENT_HEADER_TIMEOUT``
+seconds, or the connection is closed (what nginx's ``client_header_timeout`` does).
+
 ``gunicorn.conf.py`` names ``StreamingWorker`` as the worker class.
 """
 
@@ -22,7 +30,9 @@ from __future__ import annotations
 
 import errno
 import logging
+from typing import Callable
 
+import gevent
 from gevent import socket as gevent_socket
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -31,12 +41,23 @@ from ..errors import ClientDisconnected
 
 log = logging.getLogger("streamchat")
 
+#: id(ClientSocket) -> what to call when its next bytes arrive (a request head's first byte is awaited).
+_first_byte_waiters: dict[int, Callable[[], None]] = {}
+
 
 class ClientSocket(gevent_socket.socket):
     """A gevent socket whose ``sendall`` tries one plain ``send`` first, and waits at most ``send_timeout``."""
 
     __slots__ = ()
     send_timeout = 60.0  # set from CLIENT_TIMEOUT by StreamingWorker.load_wsgi
+
+    def recv(self, *args):
+        data = super().recv(*args)
+        if _first_byte_waiters and data:
+            waiter = _first_byte_waiters.pop(id(self), None)
+            if waiter is not None:
+                waiter()
+        return data
 
     def sendall(self, data, flags=0):
         try:
@@ -61,16 +82,62 @@ class ClientSocket(gevent_socket.socket):
             self.settimeout(previous)
 
 
+class RequestHeadTimeout:
+    """Around gunicorn's read of a request head: ``idle`` seconds for its first byte, then ``head`` for the rest.
+
+    Like the ``gevent.Timeout(keepalive, False)`` it replaces, it ends the read
+    quietly when it fires: gunicorn then sees no request and closes the connection.
+    """
+
+    def __init__(self, sock: ClientSocket, idle: float, head: float):
+        self.sock = sock
+        self.head = head
+        self.timeout = gevent.Timeout(idle)
+
+    def __enter__(self) -> "RequestHeadTimeout":
+        self.timeout.start()
+        _first_byte_waiters[id(self.sock)] = self._first_byte
+        return self
+
+    def _first_byte(self) -> None:
+        self.timeout.close()
+        self.timeout = gevent.Timeout(self.head)
+        self.timeout.start()
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        _first_byte_waiters.pop(id(self.sock), None)
+        self.timeout.close()
+        return value is self.timeout  # our own timeout: swallowed, the connection closes
+
+
 class StreamingWorker(GeventWorker):
-    """gunicorn's gevent worker, writing to its clients through ``ClientSocket``."""
+    """gunicorn's gevent worker, writing to its clients through ``ClientSocket`` and bounding request heads."""
+
+    header_timeout = 10.0  # set from CLIENT_HEADER_TIMEOUT by load_wsgi
 
     def load_wsgi(self):
         super().load_wsgi()  # imports wsgi.py, which reads the .env file
-        ClientSocket.send_timeout = load_settings().client_timeout
+        settings = load_settings()
+        ClientSocket.send_timeout = settings.client_timeout
+        type(self).header_timeout = settings.client_header_timeout
+        self._clients: dict[object, ClientSocket] = {}  # greenlet -> its connection, for timeout_ctx
 
     def handle(self, listener, client, addr):
         if type(client) is gevent_socket.socket:  # not a TLS socket: those keep their own sendall
             # The same object and layout (no new slots), only its sendall changes; gevent's
             # server has already built the socket, so re-classing is free where wrapping is not.
             client.__class__ = ClientSocket
+            current = gevent.getcurrent()
+            self._clients[current] = client
+            try:
+                return super().handle(listener, client, addr)
+            finally:
+                del self._clients[current]
         super().handle(listener, client, addr)
+
+    def timeout_ctx(self):
+        """Bound the wait for the next request head (gunicorn calls it around each head's read)."""
+        client = self._clients.get(gevent.getcurrent())
+        if client is None:  # a TLS connection: gunicorn's own bound, the keep-alive timeout
+            return super().timeout_ctx()
+        return RequestHeadTimeout(client, self.cfg.keepalive, min(self.header_timeout, self.cfg.keepalive))

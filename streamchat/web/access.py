@@ -1,5 +1,11 @@
 """Request ids, the log's format, and one access-log line per request.
 
+Every line the service logs goes through ``SafeFormatter``: its message is
+kept on one line (control characters escaped) and cleared of secrets
+(``streamchat.redaction``), tracebacks included. In the access line every
+value a client controls is also quoted when it holds anything but visible
+ASCII, so it cannot pass for another field.
+
 A streamed reply is logged by ``log_reply``, a ``Relay`` listener, when the
 reply closes: its ``ReplyRecord`` carries the request's own fields as tags.
 Every other request (errors, the page, ``/healthz``) is logged when its
@@ -8,6 +14,7 @@ response closes.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -18,11 +25,26 @@ from typing import Any
 from flask import Flask, g, request
 
 from ..domain.relay import ReplyRecord
+from ..redaction import one_line, redact
 
 log = logging.getLogger("streamchat")
 access_log = logging.getLogger("streamchat.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LOGGED_USER_TEXT_CHARS = 500
+_PLAIN_VALUE = re.compile(r'[\x21-\x7e]*')
+#: Fields written quoted and escaped already (``repr``): one value, one line.
+QUOTED_FIELDS = frozenset({"user_text"})
+
+
+class SafeFormatter(logging.Formatter):
+    """A formatter whose messages stay on one line and whose output never carries a secret."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return redact(super().formatMessage(record))
+
+    def formatException(self, ei) -> str:
+        return redact(super().formatException(ei))
 
 
 def init_app(app: Flask) -> None:
@@ -36,7 +58,7 @@ def configure_logging() -> None:
     if getattr(log, "_configured", False):
         return
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -79,8 +101,18 @@ def _finish_request(response):
 
 
 def _write_line(fields: dict[str, Any], started: float) -> None:
-    access_log.info(" ".join(f"{key}={value}" for key, value in fields.items())
-                    + f" duration_ms={(time.perf_counter() - started) * 1000:.1f}")
+    _log_fields({**fields, "duration_ms": f"{(time.perf_counter() - started) * 1000:.1f}"})
+
+
+def _log_fields(fields: dict[str, Any]) -> None:
+    access_log.info(" ".join(f"{key}={value if key in QUOTED_FIELDS else _value(value)}"
+                             for key, value in fields.items()))
+
+
+def _value(value: Any) -> str:
+    # A path or method is the client's: quoted (JSON, one line) unless it is plain visible ASCII.
+    text = str(value)
+    return text if _PLAIN_VALUE.fullmatch(text) and '"' not in text else json.dumps(text)
 
 
 def log_reply(record: ReplyRecord) -> None:
@@ -99,4 +131,4 @@ def log_reply(record: ReplyRecord) -> None:
         line["rule"] = record.rule
     if "user_text" in tags:
         line["user_text"] = repr(tags["user_text"])
-    access_log.info(" ".join(f"{key}={value}" for key, value in line.items()))
+    _log_fields(line)

@@ -22,9 +22,12 @@ import time
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from limits import parse_many
+from limits.strategies import STRATEGIES
 from werkzeug.exceptions import TooManyRequests
 
 from ..config import Settings
+from ..redaction import url_without_secrets
+from .counters import SCHEME, ExpiringCounters
 
 log = logging.getLogger("streamchat")
 
@@ -96,7 +99,7 @@ def storage_health() -> dict:
     """Report whether the rate-limit storage answers (never its password)."""
     settings = _settings()
     uri = settings.ratelimit_storage_uri
-    shown = uri.split("@")[-1] if "@" in uri else uri
+    shown = url_without_secrets(uri)
     if not counting(settings):
         return {"storage": "none: no rate limit and no budget", "shared": False, "healthy": True}
     try:
@@ -124,8 +127,9 @@ def _retry_after_seconds() -> int:
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    """Bind the limiter to ``app`` with the configured storage."""
-    app.config["RATELIMIT_STORAGE_URI"] = settings.ratelimit_storage_uri
+    """Bind the limiter to ``app`` with the configured storage (``memory://``: ``ExpiringCounters``)."""
+    uri = settings.ratelimit_storage_uri
+    app.config["RATELIMIT_STORAGE_URI"] = f"{SCHEME}://" if uri.startswith("memory://") else uri
     # With nothing to count flask-limiter stays off: its hooks alone cost an eighth of a chat
     # request's CPU (measured in-process: 630 -> 550 us a request).
     app.config["RATELIMIT_ENABLED"] = counting(settings)
@@ -133,3 +137,14 @@ def init_app(app: Flask, settings: Settings) -> None:
         # Fail fast when Redis is down, so a request waits half a second at most.
         app.config["RATELIMIT_STORAGE_OPTIONS"] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
     limiter.init_app(app)
+    _count_fallback_in(ExpiringCounters())
+
+
+def _count_fallback_in(storage: ExpiringCounters) -> None:
+    # flask-limiter builds its in-memory fallback (used while Redis is down) from limits' MemoryStorage,
+    # whose timer walks every key every 10 ms (see counters.py), and offers no setting to choose another.
+    # This relies on two private attributes of flask_limiter.Limiter (4.1), set by init_app:
+    # ``_fallback_storage`` and ``_fallback_limiter``; check them when upgrading flask-limiter.
+    if getattr(limiter, "_fallback_storage", None) is not None:
+        limiter._fallback_storage = storage
+        limiter._fallback_limiter = STRATEGIES["fixed-window"](storage)

@@ -7,7 +7,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..domain.relay import ReplyRecord
 from ..domain.validation import InvalidRequest, Limits, parse_chat_request
-from ..server.disconnect import ClientTimeout, read_body_within, watch_client
+from ..server.disconnect import ClientTimeout, MalformedBody, read_body_within, watch_client
 from .access import request_started, request_tags
 from .limits import limit_chat, storage_health
 from .service import service
@@ -47,6 +47,9 @@ def _request_body_within(seconds: float) -> bytes:
         return read_body_within(request.environ, _request_body, seconds)
     except ClientTimeout:
         raise InvalidRequest(408, "request_timeout", f"The request body did not arrive within {seconds:g} s.") from None
+    except MalformedBody as exc:
+        raise InvalidRequest(400, "invalid_body_framing",
+                             f"The request body's chunked framing is broken ({exc}).") from None
 
 
 def _request_body() -> bytes:

@@ -6,19 +6,26 @@ from typing import Any
 
 from ...transport.failures import in_stream_error
 from ..sse import ServerSentEvent
+from ..validation import SAME_ROLE_SEPARATOR
 from .base import EndOfStream, HTTPProvider, load_json_event
 
 ANTHROPIC_VERSION = "2023-06-01"
 
 
 def _alternating(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    # The Messages API wants user first and roles alternating: merge runs, drop a leading greeting.
+    """Return the conversation as the Messages API wants it: the user first, roles alternating.
+
+    Consecutive messages of one role are joined with ``SAME_ROLE_SEPARATOR`` (validation counts it
+    toward CHAT_MAX_CHARS); assistant messages before the first user message (a greeting the page
+    showed) are left out: the API refuses a conversation that does not start with the user.
+    """
     merged: list[dict[str, str]] = []
     for message in messages:
         if not merged and message["role"] != "user":
             continue
         if merged and merged[-1]["role"] == message["role"]:
-            merged[-1] = {"role": message["role"], "content": merged[-1]["content"] + "\n\n" + message["content"]}
+            merged[-1] = {"role": message["role"],
+                          "content": merged[-1]["content"] + SAME_ROLE_SEPARATOR + message["content"]}
         else:
             merged.append({"role": message["role"], "content": message["content"]})
     return merged

@@ -17,6 +17,7 @@ overrides the defaults (set on the command line) with any of:
     repeat      send ``text`` this many times over (a long reply from a short directive)
     first_token_ms, interval_ms  pacing; interval 0 sends every token in one write
     status, retry_after, retry_after_ms   answer with an HTTP error instead
+    error_message   that error's message (as a proxy that echoes the key it was sent would)
     fault       drop_after | error_after | stall_after | bad_json | not_sse | json_body |
                 no_done | no_text | keepalive | hang | close_before_headers
     after       how many tokens the fault waits for (default 0)
@@ -333,7 +334,7 @@ class _Reply:
                 extra += f"retry-after: {self.params['retry_after']}\r\n"
             if "retry_after_ms" in self.params:
                 extra += f"retry-after-ms: {self.params['retry_after_ms']}\r\n"
-            self.conn._send_json(status, self.wire.error_body(status), extra)
+            self.conn._send_json(status, self.wire.error_body(status, self.params.get("error_message", "")), extra)
             self.conn.reply_done()
             return
         if fault == "json_body":

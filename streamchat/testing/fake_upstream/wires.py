@@ -28,7 +28,8 @@ class Wire:
         """The events of an error inside a 200 stream."""
         raise NotImplementedError
 
-    def error_body(self, status: int) -> dict[str, Any]:
+    def error_body(self, status: int, message: str = "") -> dict[str, Any]:
+        """The JSON of an HTTP error answer; ``message`` defaults to ``fake {status}``."""
         raise NotImplementedError
 
     def json_reply(self, text: str) -> dict[str, Any]:
@@ -65,8 +66,8 @@ class OpenAIWire(Wire):
                                 "type": "server_error", "code": None}}),
                 ("", "[DONE]")]
 
-    def error_body(self, status):
-        return {"error": {"message": f"fake {status}", "type": self.error_type(status), "code": None}}
+    def error_body(self, status, message=""):
+        return {"error": {"message": message or f"fake {status}", "type": self.error_type(status), "code": None}}
 
     def json_reply(self, text):
         return {"id": "chatcmpl-fake", "object": "chat.completion", "model": self.model,
@@ -104,8 +105,8 @@ class AnthropicWire(Wire):
     def stream_error(self):
         return [("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})]
 
-    def error_body(self, status):
-        return {"type": "error", "error": {"type": self.error_type(status), "message": f"fake {status}"}}
+    def error_body(self, status, message=""):
+        return {"type": "error", "error": {"type": self.error_type(status), "message": message or f"fake {status}"}}
 
     def json_reply(self, text):
         return {"id": "msg_fake", "type": "message", "role": "assistant", "model": self.model,
