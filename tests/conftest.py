@@ -74,7 +74,6 @@ class RedisServer:
 
     def __init__(self, tmp_path):
         import shutil
-        import subprocess
 
         from servers import free_port
 
@@ -83,15 +82,23 @@ class RedisServer:
             if os.environ.get("CI"):
                 pytest.fail("redis-server is missing: ./run-tests installs it with apt-get")
             pytest.skip("redis-server is not installed (./run-tests installs it)")
+        self.binary, self.dir = binary, tmp_path
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.start()
+
+    def start(self):
+        """Start (or start again, after ``stop``) on the same port, empty."""
+        import subprocess
+
         import redis
 
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         from servers import eventually
+
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = self.client()
 
         def answers():
             try:
@@ -103,6 +110,11 @@ class RedisServer:
             self.stop()
             raise RuntimeError("redis-server did not start")
         client.close()
+
+    def client(self):
+        import redis
+
+        return redis.Redis(port=self.port, socket_connect_timeout=0.2)
 
     def stop(self):
         if self.process.poll() is None:

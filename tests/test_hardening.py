@@ -154,7 +154,6 @@ def test_the_app_counts_memory_limits_in_expiring_counters():
     from streamchat.web.limits import limiter
 
     assert isinstance(limiter.storage, ExpiringCounters)
-    assert isinstance(limiter._fallback_storage, ExpiringCounters)  # see limits._count_fallback_in
     client = app.test_client()
     statuses = [client.post("/api/chat", json={"messages": [{"role": "user", "content": "hi"}]}).status_code
                 for _ in range(3)]

@@ -1,10 +1,14 @@
 """Rate limits, the live-model budget, client identity, CORS and headers, on real gunicorn and Redis."""
 
 import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from limits.storage import storage_from_string
 
 from servers import Gunicorn, chat_body, eventually, request
+from streamchat.web import failsoft
 
 
 def chat(server, headers=None, **fake):
@@ -65,16 +69,45 @@ def test_two_workers_of_one_server_share_the_redis_count(log_dir, redis_server):
 
 
 @pytest.mark.redis
-def test_redis_going_away_keeps_the_service_answering(log_dir, redis_server):
-    with Gunicorn(log_dir, CHAT_RATE_LIMIT="100/minute", RATELIMIT_STORAGE_URI=redis_server.url) as server:
+def test_redis_going_away_and_back_is_one_warning_each_and_health_tells_the_truth(log_dir, redis_server):
+    with Gunicorn(log_dir, CHAT_RATE_LIMIT="100/minute", LLM_BUDGET_PER_CLIENT="100/minute",
+                  RATELIMIT_STORAGE_URI=redis_server.url) as server:
         assert statuses(server, 2) == [200, 200]
         redis_server.stop()
-        assert statuses(server, 3) == [200, 200, 200]
+        with ThreadPoolExecutor(10) as pool:  # requests in flight as it goes
+            assert list(pool.map(lambda _: chat(server)[0], range(20))) == [200] * 20
         status, _, body = request(server.url, "GET", "/healthz")
         health = json.loads(body)
         assert status == 200 and health["status"] == "degraded"
-        assert health["rate_limit"]["healthy"] is False and "unreachable" in health["rate_limit"]["error"]
-        assert eventually(lambda: "storage unreachable - falling back to in-memory" in server.log())
+        assert health["rate_limit"]["healthy"] is False and "its own memory" in health["rate_limit"]["error"]
+
+        redis_server.start()  # empty: no count survived
+        assert eventually(lambda: json.loads(request(server.url, "GET", "/healthz")[2])["status"] == "ok")
+        # "healthy" is the truth about this worker: its very next request is counted in Redis.
+        assert chat(server)[0] == 200
+        assert len(redis_server.client().keys("*")) == 2  # the rate limit and the budget
+        log = server.log()
+        assert log.count("rate-limit storage unreachable") == 1 and log.count("reachable again") == 1
+        assert "Traceback" not in log and "Swallowing" not in log and "budget unavailable" not in log
+
+
+@pytest.mark.redis
+def test_while_redis_is_down_it_is_tried_once_a_second_not_per_request(redis_server, caplog):
+    storage = storage_from_string(failsoft.PREFIX + redis_server.url, socket_connect_timeout=0.5)
+    now = [100.0]
+    storage.outage.clock = lambda: now[0]
+    tries = []
+    shared_incr = storage.shared.incr
+    storage.shared.incr = lambda *args: tries.append(now[0]) or shared_incr(*args)
+    assert [storage.incr("k", 60) for _ in range(2)] == [1, 2]
+    redis_server.stop()
+    with caplog.at_level(logging.WARNING, "streamchat"):
+        assert [storage.incr("k", 60) for _ in range(50)] == list(range(1, 51))  # in memory, from 0
+        now[0] += 1.0
+        storage.incr("k", 60)
+    assert tries == [100.0] * 3 + [101.0]
+    assert storage.check() is False
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["rate-limit storage unreachable"]
 
 
 def test_spoofed_forwarded_for_does_not_reset_the_count(log_dir):

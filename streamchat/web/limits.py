@@ -3,9 +3,10 @@
 - ``limiter`` (flask-limiter) holds the hard per-client limit on ``POST /api/chat``
   (``CHAT_RATE_LIMIT``); over it the client gets a 429 with ``Retry-After``.
   Counts live in ``RATELIMIT_STORAGE_URI``: ``memory://`` counts per worker
-  process, ``redis://`` shares one count across workers and machines. If Redis
-  is unreachable, counting falls back to memory (fail-soft) and ``/healthz``
-  says so: the chat keeps answering.
+  process (``counters.ExpiringCounters``), ``redis://`` shares one count across
+  workers and machines. While Redis is unreachable each worker counts in its
+  own memory (``failsoft.FailSoftStorage``), logs it once and ``/healthz`` says
+  so: the chat keeps answering.
 - ``LiveBudget`` is softer: past ``LLM_BUDGET_PER_CLIENT`` or ``LLM_BUDGET_GLOBAL``
   the rules answer instead of the model (``X-Terminal-Reason: budget``).
 - The client is the peer address, or with ``TRUSTED_PROXIES=N`` the address N
@@ -22,12 +23,12 @@ import time
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from limits import parse_many
-from limits.strategies import STRATEGIES
 from werkzeug.exceptions import TooManyRequests
 
 from ..config import Settings
 from ..redaction import url_without_secrets
-from .counters import SCHEME, ExpiringCounters
+from . import failsoft
+from .counters import SCHEME
 
 log = logging.getLogger("streamchat")
 
@@ -37,7 +38,9 @@ def client_id() -> str:
     return request.remote_addr or "unknown"
 
 
-limiter = Limiter(key_func=client_id, headers_enabled=True, swallow_errors=True, in_memory_fallback_enabled=True)
+# No in_memory_fallback: FailSoftStorage never raises, so flask-limiter's own fallback (a traceback per
+# request in flight, and memory counts kept after Redis returns) never runs.
+limiter = Limiter(key_func=client_id, headers_enabled=True, swallow_errors=True)
 
 
 def _settings() -> Settings:
@@ -80,7 +83,7 @@ class LiveBudget:
         if not (self.per_client or self.overall):
             return None
         try:
-            strategy = limiter.limiter  # the shared storage, or memory while it is down
+            strategy = limiter.limiter  # counts through the same fail-soft storage as the rate limit
             who = client_id()
             allowed = all([strategy.hit(item, "budget", "client", who) for item in self.per_client] +
                           [strategy.hit(item, "budget", "global") for item in self.overall])
@@ -102,13 +105,16 @@ def storage_health() -> dict:
     shown = url_without_secrets(uri)
     if not counting(settings):
         return {"storage": "none: no rate limit and no budget", "shared": False, "healthy": True}
+    storage = limiter.storage
     try:
-        healthy = bool(limiter.storage.check())
+        healthy = bool(storage.check())  # FailSoftStorage: whether this worker counts in Redis right now
     except Exception:
         healthy = False
     info = {"storage": shown, "shared": not uri.startswith("memory://"), "healthy": healthy}
     if not healthy:
-        info["error"] = "rate-limit storage unreachable: counting in memory per worker until it is back"
+        since = getattr(getattr(storage, "outage", None), "down_since_wall", None)
+        when = time.strftime(" since %H:%M:%SZ", time.gmtime(since)) if since else ""
+        info["error"] = f"rate-limit storage unreachable{when}: this worker counts in its own memory until it is back"
     return info
 
 
@@ -127,9 +133,9 @@ def _retry_after_seconds() -> int:
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    """Bind the limiter to ``app`` with the configured storage (``memory://``: ``ExpiringCounters``)."""
+    """Bind the limiter to ``app`` with the configured storage: memory, or fail-soft shared storage."""
     uri = settings.ratelimit_storage_uri
-    app.config["RATELIMIT_STORAGE_URI"] = f"{SCHEME}://" if uri.startswith("memory://") else uri
+    app.config["RATELIMIT_STORAGE_URI"] = f"{SCHEME}://" if uri.startswith("memory://") else failsoft.PREFIX + uri
     # With nothing to count flask-limiter stays off: its hooks alone cost an eighth of a chat
     # request's CPU (measured in-process: 630 -> 550 us a request).
     app.config["RATELIMIT_ENABLED"] = counting(settings)
@@ -137,14 +143,3 @@ def init_app(app: Flask, settings: Settings) -> None:
         # Fail fast when Redis is down, so a request waits half a second at most.
         app.config["RATELIMIT_STORAGE_OPTIONS"] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
     limiter.init_app(app)
-    _count_fallback_in(ExpiringCounters())
-
-
-def _count_fallback_in(storage: ExpiringCounters) -> None:
-    # flask-limiter builds its in-memory fallback (used while Redis is down) from limits' MemoryStorage,
-    # whose timer walks every key every 10 ms (see counters.py), and offers no setting to choose another.
-    # This relies on two private attributes of flask_limiter.Limiter (4.1), set by init_app:
-    # ``_fallback_storage`` and ``_fallback_limiter``; check them when upgrading flask-limiter.
-    if getattr(limiter, "_fallback_storage", None) is not None:
-        limiter._fallback_storage = storage
-        limiter._fallback_limiter = STRATEGIES["fixed-window"](storage)

@@ -1,0 +1,136 @@
+"""Shared counts that never fail a request: Redis while it answers, this worker's memory while it does not.
+
+flask-limiter has its own in-memory fallback, but it logs a traceback for every
+request that was counting when Redis went away, and once Redis answers again a
+worker keeps counting in memory until a later request happens to re-check, so
+``/healthz`` could say "healthy" while counts were still per worker.
+
+``FailSoftStorage`` wraps the shared storage instead, so flask-limiter (and the
+live budget, which counts through it) only ever sees a storage that answers:
+
+- a call that fails is answered from ``ExpiringCounters`` in this worker, and
+  ``Outage`` logs one warning when the outage starts and one when it ends;
+- while the outage lasts, at most one call a second tries Redis again (the
+  others go straight to memory, so a Redis that hangs costs one request its
+  socket timeout each second, not every request);
+- ``check()`` (what ``/healthz`` asks) tries Redis when a retry is due and then
+  reports what this worker is really doing.
+
+Counts made in memory during an outage are not copied to Redis when it returns:
+for that window a client may get up to one more limit's worth per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from limits.storage import SCHEMES, Storage, storage_from_string
+
+from ..redaction import one_line
+from .counters import ExpiringCounters
+
+log = logging.getLogger("streamchat")
+
+PREFIX = "streamchat-failsoft+"
+RETRY_EVERY = 1.0  # seconds between attempts to reach a store that is down
+
+
+class Outage:
+    """Whether a shared store is down for this process; logged once as it goes and once as it returns."""
+
+    def __init__(self, what: str, retry_every: float = RETRY_EVERY, clock=time.monotonic):
+        self.what = what
+        self.retry_every = retry_every
+        self.clock = clock
+        self.down_since: float | None = None  # a clock() reading
+        self.down_since_wall: float | None = None  # the same moment, as a Unix time for /healthz
+        self._retry_at = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def should_try(self) -> bool:
+        """Return whether to try the store now: always while it is up, once per ``retry_every`` while down."""
+        if self.down_since is None:
+            return True
+        now = self.clock()
+        if now < self._retry_at:
+            return False
+        self._retry_at = now + self.retry_every  # the callers arriving meanwhile do not try too
+        return True
+
+    def failed(self, error: object) -> None:
+        if self.down_since is None:
+            self.down_since = self.clock()
+            self.down_since_wall = time.time()
+            self._retry_at = self.down_since + self.retry_every
+            log.warning("%s unreachable (%s): counting in this worker's memory until it is back",
+                        self.what, one_line(str(error)) or type(error).__name__)
+
+    def recovered(self) -> None:
+        if self.down_since is not None:
+            log.warning("%s reachable again after %.1f s: counting there again",
+                        self.what, self.clock() - self.down_since)
+            self.down_since = self.down_since_wall = None
+
+
+class FailSoftStorage(Storage):
+    """A ``limits`` storage that answers from Redis (or any shared storage), or from memory while it is down."""
+
+    # Registered for every shared scheme limits knows, as "streamchat-failsoft+redis://..." and so on.
+    STORAGE_SCHEME = [PREFIX + scheme for scheme in SCHEMES if not scheme.startswith(("memory", "async+"))]
+
+    def __init__(self, uri: str, wrap_exceptions: bool = False, **options):
+        shared_uri = uri[len(PREFIX):]
+        self.shared = storage_from_string(shared_uri, **options)
+        self.memory = ExpiringCounters()
+        self.outage = Outage("rate-limit storage")
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+
+    @property
+    def base_exceptions(self):
+        return ()  # nothing escapes: every failure of the shared storage is answered from memory
+
+    def _either(self, method: str, *args):
+        if self.outage.should_try():
+            try:
+                result = getattr(self.shared, method)(*args)
+            except (self.shared.base_exceptions, OSError) as exc:
+                self.outage.failed(exc)
+            else:
+                self.outage.recovered()
+                return result
+        return getattr(self.memory, method)(*args)
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return self._either("incr", key, expiry, amount)
+
+    def get(self, key: str) -> int:
+        return self._either("get", key)
+
+    def get_expiry(self, key: str) -> float:
+        return self._either("get_expiry", key)
+
+    def clear(self, key: str) -> None:
+        return self._either("clear", key)
+
+    def reset(self) -> int | None:
+        self.memory.reset()
+        return self._either("reset")
+
+    def check(self) -> bool:
+        """Try the shared storage if a try is due; return whether this worker counts there now."""
+        if self.outage.should_try():
+            try:
+                answered = self.shared.check()  # limits' Redis check answers False rather than raising
+            except (self.shared.base_exceptions, OSError) as exc:
+                answered, error = False, exc
+            else:
+                error = "it did not answer a ping"
+            if answered:
+                self.outage.recovered()
+            else:
+                self.outage.failed(error)
+        return not self.outage.down
