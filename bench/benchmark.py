@@ -61,9 +61,9 @@ def get_json(url: str):
 class Process:
     """A child process in its own group, with CPU and memory read from /proc."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT):
         self.log = open(log, "wb")
-        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        self.popen = subprocess.Popen(args, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
 
     def stop(self) -> None:
@@ -158,16 +158,18 @@ class Proxy:
 
 
 class Service(Proxy):
-    """gunicorn with one gevent worker, as the Procfile runs it."""
+    """gunicorn with one gevent worker, as the Procfile runs it (from ``root``: another checkout to compare)."""
 
-    def __init__(self, logs: Path, **env: str):
+    def __init__(self, logs: Path, root: Path = ROOT, **env: str):
         self.port = free_port()
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
         environment.update(ENV_FILE="", HOST=HOST, PORT=str(self.port), WEB_CONCURRENCY="1",
                            CHAT_RATE_LIMIT="off", WORKER_CONNECTIONS="5000", GUNICORN_LOG_LEVEL="warning",
-                           LLM_FIRST_TOKEN_TIMEOUT="10", LLM_IDLE_TIMEOUT="10", **env)
+                           LLM_FIRST_TOKEN_TIMEOUT="10", LLM_IDLE_TIMEOUT="10")
+        environment.update(env)
         self.process = Process([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
-                                "--no-control-socket", "wsgi:app"], environment, logs / f"service-{self.port}.log")
+                                "--no-control-socket", "wsgi:app"], environment, logs / f"service-{self.port}.log",
+                               cwd=root)
         wait_http(f"http://{HOST}:{self.port}/healthz")
         self.worker = worker_pid(self.process.popen.pid)
 
@@ -448,7 +450,19 @@ TARGETS = [
     ("aborts", "silent_close_p99_ms", "<=", 50.0, "aborts: upstream closed ≤ 50 ms p99 (silent)"),
     ("aborts", "upstream_requests_still_open", "<=", 0, "aborts: no upstream request left open"),
     ("aborts", "worker_sockets_leaked", "<=", 0, "aborts: no socket left open in the worker"),
+    ("soak", "cpu_per_request_last_vs_first", "<=", 1.2, "soak, a new address per request: CPU per request, "
+                                                         "last window ≤ 1.2 × first"),
+    ("slow_heads", "ttfb_p99_attacked_vs_idle", "<=", 2.0, "2,500 slow heads: normal TTFB p99 ≤ 2 × idle"),
+    ("never_read", "client_connections_left", "<=", 0, "200 never-read clients: all let go, no connection left"),
+    ("never_read", "upstream_requests_left_open", "<=", 0, "200 never-read clients: no upstream request left open"),
+    ("random_aborts", "worker_fds_leaked", "<=", 0, "500 random aborts: file descriptors back to baseline"),
+    ("random_aborts", "upstream_requests_back_to_baseline", ">=", True, "500 random aborts: upstream requests "
+                                                                          "back to baseline"),
+    ("counting", "memory_cpu_vs_off", "<=", 1.1, "counting in memory: CPU ≤ 1.1 × off"),
+    ("counting", "redis_cpu_vs_off", "<=", 1.1, "counting in Redis: CPU ≤ 1.1 × off"),
 ]
+
+ABUSE = ["soak", "slow_heads", "never_read", "random_aborts", "counting"]
 
 
 def markdown(results: dict) -> str:
@@ -473,10 +487,12 @@ def markdown(results: dict) -> str:
         met = value is not None and (value <= limit if op == "<=" else value >= limit)
         floor = results.get(scenario, {}).get(f"floor_{key}", "–")
         lines.append(f"| {label} | {value} | {'yes' if met else '**no**'} | {floor} |")
+    measured = meta.get("measured", {})
     for scenario, figures in results.items():
         if scenario == "meta":
             continue
-        lines += ["", f"## {scenario.replace('_', ' ')}", "", "| Figure | Value |", "|---|---|"]
+        when = f" ({measured[scenario]})" if scenario in measured else ""
+        lines += ["", f"## {scenario.replace('_', ' ')}{when}", "", "| Figure | Value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in figures.items()]
     return "\n".join(lines) + "\n"
 
@@ -485,7 +501,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
-                                       "fallback,aborts")
+                                       "fallback,aborts, and the soak and abuse ones: " + ",".join(ABUSE))
+    parser.add_argument("--abuse", action="store_true", help="run the soak and abuse scenarios (about 15 minutes)")
+    parser.add_argument("--before", metavar="REV", help="also run REV's service in turn, in soak and counting")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
     logs = ROOT / "bench" / "logs"
@@ -498,19 +516,33 @@ def main() -> None:
         "versions": {name: metadata.version(name) for name in ("gunicorn", "gevent", "flask", "requests")},
         "quick": args.quick}}
     bench = Bench(logs, args.quick)
+    from bench.abuse import Abuse, worktree  # it builds on this module
+
+    abuse = Abuse(bench, worktree(args.before) if args.before else None)
     scenarios = {"one_client": bench.one_client, "streams_200": lambda: bench.concurrent(200),
                  "streams_1000": lambda: bench.concurrent(1000, floor=True), "bursts": bench.bursts,
-                 "fallback": bench.fallback, "aborts": bench.aborts}
-    chosen = args.only.split(",") if args.only else list(scenarios)
+                 "fallback": bench.fallback, "aborts": bench.aborts,
+                 **{name: getattr(abuse, name) for name in ABUSE}}
+    chosen = args.only.split(",") if args.only else ABUSE if args.abuse else list(scenarios)[:-len(ABUSE)]
+    out = Path(args.out)
+    if out.with_suffix(".json").exists() and not args.quick:
+        # Keep the scenarios not run this time, each with the date it was measured.
+        earlier = json.loads(out.with_suffix(".json").read_text())
+        results["meta"]["measured"] = {**{k: earlier["meta"]["date"] for k in earlier if k != "meta"},
+                                       **earlier["meta"].get("measured", {})}
+        results.update({k: v for k, v in earlier.items() if k != "meta" and k not in chosen})
+    if args.before:
+        results["meta"]["before"] = args.before
     try:
         for name in chosen:
             started = time.monotonic()
             print(f"{name}...", file=sys.stderr, flush=True)
             results[name] = scenarios[name]()
+            results["meta"].setdefault("measured", {})[name] = datetime.datetime.now(
+                datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             print(f"  {json.dumps(results[name])} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
     finally:
         bench.close()
-    out = Path(args.out)
     out.write_text(markdown(results))
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)

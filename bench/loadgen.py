@@ -63,6 +63,12 @@ class _Stream(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        if self.abort_after is not None and self.abort_after < 0:
+            transport.write(self.request[:len(self.request) // 2])
+            self.result.closed_at = time.monotonic()
+            self.result.ended = time.perf_counter()
+            transport.abort()
+            return
         transport.write(self.request)
 
     def data_received(self, data):
@@ -80,6 +86,11 @@ class _Stream(asyncio.Protocol):
                 if name.lower() == "x-terminal-mode":
                     result.mode = value.strip()
             self.last = now
+            if self.abort_after == 0:
+                result.closed_at = time.monotonic()
+                result.ended = now
+                self.transport.abort()
+                return
         if not data:
             return
         self.body += data
@@ -136,14 +147,20 @@ def build_request(host: str, port: int, path: str, body: dict, headers: dict | N
 
 
 async def one_stream(host: str, port: int, request: bytes, tag: str, *, direct: bool, deadline: float,
-                     abort_after_chunks: int | None = None) -> StreamResult:
-    """Run one streaming request until it ends, we abort it, or ``deadline`` (perf_counter) passes."""
+                     abort_after_chunks: int | None = None, source: str | None = None) -> StreamResult:
+    """Run one streaming request until it ends, we abort it, or ``deadline`` (perf_counter) passes.
+
+    ``source``: the local address to connect from (any of 127.0.0.0/8 on Linux), so that one load
+    generator can stand for many clients. ``abort_after_chunks`` of 0 hangs up as soon as the head
+    arrives; a negative one sends only the first half of the request and hangs up.
+    """
     loop = asyncio.get_running_loop()
     result = StreamResult(tag=tag, started=time.perf_counter())
     done = loop.create_future()
     try:
         transport, _ = await asyncio.wait_for(
-            loop.create_connection(lambda: _Stream(request, result, done, direct, abort_after_chunks), host, port),
+            loop.create_connection(lambda: _Stream(request, result, done, direct, abort_after_chunks), host, port,
+                                   local_addr=(source, 0) if source else None),
             timeout=max(0.1, deadline - time.perf_counter()))
     except (OSError, asyncio.TimeoutError) as exc:
         result.error = f"connect: {exc!r}"
@@ -157,7 +174,7 @@ async def one_stream(host: str, port: int, request: bytes, tag: str, *, direct: 
 
 
 async def concurrent_streams(host: str, port: int, make_request, count: int, *, direct: bool, ramp: float,
-                             deadline: float, abort_after=None) -> list[StreamResult]:
+                             deadline: float, abort_after=None, source=None) -> list[StreamResult]:
     """Open ``count`` streams spread evenly over ``ramp`` seconds and wait for all of them."""
     tasks = []
     start = time.perf_counter()
@@ -168,7 +185,7 @@ async def concurrent_streams(host: str, port: int, make_request, count: int, *, 
         tag, request = make_request(n)
         tasks.append(asyncio.ensure_future(one_stream(
             host, port, request, tag, direct=direct, deadline=deadline,
-            abort_after_chunks=abort_after(n) if abort_after else None)))
+            abort_after_chunks=abort_after(n) if abort_after else None, source=source(n) if source else None)))
     return list(await asyncio.gather(*tasks))
 
 
@@ -178,17 +195,22 @@ class LoopResults:
 
 
 async def looping_clients(host: str, port: int, make_request, clients: int, *, direct: bool,
-                          seconds: float) -> list[StreamResult]:
-    """Run ``clients`` clients that each send one request after another for ``seconds``."""
+                          seconds: float, source=None, results: list | None = None) -> list[StreamResult]:
+    """Run ``clients`` clients that each send one request after another for ``seconds``.
+
+    ``source()``, when given, picks the local address of each request; ``results`` may be passed in
+    to watch them arrive.
+    """
     stop = time.perf_counter() + seconds
-    results: list[StreamResult] = []
+    results = [] if results is None else results
 
     async def client(number: int) -> None:
         sequence = 0
         while time.perf_counter() < stop:
             tag, request = make_request(number * 100000 + sequence)
             sequence += 1
-            results.append(await one_stream(host, port, request, tag, direct=direct, deadline=stop + 10))
+            results.append(await one_stream(host, port, request, tag, direct=direct, deadline=stop + 10,
+                                            source=source() if source else None))
 
     await asyncio.gather(*(client(n) for n in range(clients)))
     return results

@@ -36,3 +36,24 @@ def test_quick_benchmark_runs_every_scenario_and_writes_its_report(tmp_path):
     text = report.read_text()
     assert "## Targets" in text and "1,000 streams: all complete | 1000 | yes | 1000 |" in text
     assert "aborts: no socket left open in the worker | 0 | yes" in text
+
+
+def test_abuse_scenarios_leave_nothing_open(tmp_path):
+    # Quick mode: 100 random hang-ups, 50 clients that never read, 500 trickled heads (about a minute).
+    report = tmp_path / "ABUSE.md"
+    result = subprocess.run([str(ROOT / "bench" / "run"), "--quick", "--only", "random_aborts,never_read,slow_heads",
+                             "--out", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    figures = json.loads(report.with_suffix(".json").read_text())
+    aborts = figures["random_aborts"]
+    assert aborts["hung_up"] == aborts["streams"] and aborts["served_afterwards"] == 3
+    assert aborts["open_streams_back_to_0"] and aborts["upstream_requests_back_to_baseline"]
+    assert aborts["worker_fds_leaked"] == 0
+    never = figures["never_read"]
+    assert never["streams_held_then"] == never["clients"]  # they did fill every buffer and wait
+    assert never["all_let_go_after_s"] is not None and never["client_connections_left"] == 0
+    assert never["upstream_requests_left_open"] == 0 and never["held_ttfb_errors"] == 0
+    heads = figures["slow_heads"]
+    assert heads["slow_open_when_normal_started"] == heads["slow_clients"]
+    assert heads["slow_connections_cut_by_worker"] >= heads["slow_clients"]  # each cut once at least
+    assert heads["attacked_ttfb_errors"] == 0 and heads["idle_ttfb_errors"] == 0

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -63,6 +64,24 @@ def test_redis_shares_one_count_across_processes_and_memory_does_not(log_dir, re
 
 
 @pytest.mark.redis
+def test_one_redis_command_per_limit_and_budget_per_request(log_dir, redis_server):
+    # flask-limiter reads each window back four times for its headers; those reads must not reach Redis.
+    with Gunicorn(log_dir, CHAT_RATE_LIMIT="100/minute", LLM_BUDGET_PER_CLIENT="50/minute",
+                  LLM_BUDGET_GLOBAL="1000/minute", RATELIMIT_STORAGE_URI=redis_server.url) as server:
+        assert statuses(server, 2) == [200, 200]  # scripts loaded, connections made
+        client = redis_server.client()
+        client.config_resetstat()
+        replies = [chat(server) for _ in range(5)]
+        assert [status for status, _, _ in replies] == [200] * 5
+        assert [headers["X-RateLimit-Remaining"] for _, headers, _ in replies] == ["97", "96", "95", "94", "93"]
+        assert all(0 < int(headers["X-RateLimit-Reset"]) - time.time() <= 61 for _, headers, _ in replies)
+        commands = client.info("commandstats")  # the scripts' own incrby/expire/pttl are listed too
+        assert commands["cmdstat_evalsha"]["calls"] == 5 * 3
+        assert set(commands) <= {"cmdstat_config|resetstat", "cmdstat_evalsha", "cmdstat_incrby", "cmdstat_expire",
+                                 "cmdstat_pttl"}, commands  # no GET or TTL sent to read a window back
+
+
+@pytest.mark.redis
 def test_two_workers_of_one_server_share_the_redis_count(log_dir, redis_server):
     with Gunicorn(log_dir, workers=2, CHAT_RATE_LIMIT="5/minute", RATELIMIT_STORAGE_URI=redis_server.url) as server:
         assert statuses(server, 7) == [200] * 5 + [429] * 2
@@ -96,8 +115,9 @@ def test_while_redis_is_down_it_is_tried_once_a_second_not_per_request(redis_ser
     storage = storage_from_string(failsoft.PREFIX + redis_server.url, socket_connect_timeout=0.5)
     now = [100.0]
     storage.outage.clock = lambda: now[0]
-    tries = []
-    shared_incr = storage.shared.incr
+    tries = []  # both ways an incr reaches Redis: the script while it is up, limits' own incr to probe
+    script, shared_incr = storage._incr_with_expiry, storage.shared.incr
+    storage._incr_with_expiry = lambda *args: tries.append(now[0]) or script(*args)
     storage.shared.incr = lambda *args: tries.append(now[0]) or shared_incr(*args)
     assert [storage.incr("k", 60) for _ in range(2)] == [1, 2]
     redis_server.stop()

@@ -64,6 +64,10 @@ class ExpiringCounters(Storage):
             self._counts[key] = count
             return count
 
+    def incr_many(self, counts: list[tuple[str, int, int]]) -> list[int]:
+        """``incr`` each ``(key, expiry, amount)``; the budget counts this way (one round trip in Redis)."""
+        return [self.incr(key, expiry, amount) for key, expiry, amount in counts]
+
     def decr(self, key: str, amount: int = 1) -> int:
         with self._lock:
             self._expire(self.clock())

@@ -65,7 +65,8 @@ def _request_body() -> bytes:
 @bp.get("/healthz")
 def healthz():
     """Report whether the service is up and which providers and rules it uses (never a key)."""
-    body = {"status": "ok", **service().relay.health(), "rate_limit": storage_health()}
+    svc = service()
+    body = {"status": "ok", **svc.relay.health(), "rate_limit": storage_health(svc.budget)}
     if body["rules"]["error"] or not body["rate_limit"]["healthy"]:
         body["status"] = "degraded"
     return jsonify(body)
