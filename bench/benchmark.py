@@ -480,7 +480,11 @@ def markdown(results: dict) -> str:
              "*Floor* is `bench/floor_proxy.py` under the same load in the same run: a gevent proxy with the "
              "service's libraries loaded but none of them used, that only forwards the text (no Flask, requests "
              "or gunicorn; no validation, timeouts, fallback, disconnect watch or log): the least these streams "
-             "cost on this machine and runtime. Regenerate with `bench/run`.", "", "## Targets", "",
+             "cost on this machine and runtime. Regenerate with `bench/run`. The soak and abuse scenarios "
+             "(`bench/run --abuse`, described in the README) give every client its own loopback address; "
+             + (f"figures prefixed `before_` are revision {meta['before']} of the service, run in turn with this "
+                "one (`--before`). " if meta.get("before") else "")
+             + "Each section says when it was measured.", "", "## Targets", "",
              "| Target | Measured | Met | Floor |", "|---|---|---|---|"]
     for scenario, key, op, limit, label in TARGETS:
         value = results.get(scenario, {}).get(key)
@@ -531,6 +535,8 @@ def main() -> None:
         results["meta"]["measured"] = {**{k: earlier["meta"]["date"] for k in earlier if k != "meta"},
                                        **earlier["meta"].get("measured", {})}
         results.update({k: v for k, v in earlier.items() if k != "meta" and k not in chosen})
+        if "before" in earlier["meta"]:
+            results["meta"]["before"] = earlier["meta"]["before"]
     if args.before:
         results["meta"]["before"] = args.before
     try:
