@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from urllib.parse import urlsplit
 from typing import Mapping, Sequence
 
 import click
@@ -15,6 +16,8 @@ from streamchat.domain.providers import Provider, build_chain
 from streamchat.domain.relay import Relay
 from streamchat.domain.rules import RulesStore, check_file
 from streamchat.redaction import remember_secrets
+from streamchat.shared import redis as shared_redis
+from streamchat.shared.breaker import SharedBreaker
 from streamchat.web import access, errors, headers, limits
 from streamchat.web.service import EXTENSION, Service
 from streamchat.web.views import bp
@@ -29,7 +32,8 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     """
     settings = load_settings({**os.environ, **(test_config or {})})
     access.configure_logging()
-    remember_secrets(*(getattr(settings, s.attr) for s in SETTINGS if s.secret))  # never in a log line
+    remember_secrets(*(getattr(settings, s.attr) for s in SETTINGS if s.secret),  # never in a log line
+                     *(urlsplit(url).password or "" for url in (settings.redis_url, settings.ratelimit_storage_uri)))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.chat_max_body_bytes
     app.json.sort_keys = False
@@ -37,7 +41,7 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     rules = RulesStore(settings.rules_path, on_reload=_log_rules_reload)
     rules.current()
     chain = list(providers) if providers is not None else build_chain(settings)
-    relay = Relay(chain, rules, CircuitBreaker(settings.llm_cooldown), settings.fallback_word_delay)
+    relay = Relay(chain, rules, _breaker(settings), settings.fallback_word_delay)
     relay.listeners.append(access.log_reply)
     app.extensions[EXTENSION] = Service(settings=settings, relay=relay, budget=limits.LiveBudget(settings))
     log.info("providers: %s", ", ".join(f"{p.name}({p.model})" for p in relay.chain) or no_provider_hint())
@@ -49,6 +53,15 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     errors.init_app(app)
     app.cli.add_command(rules_cli)
     return app
+
+
+def _breaker(settings) -> CircuitBreaker:
+    """The circuit breaker: shared through Redis when ``REDIS_URL`` is set, else this process's own."""
+    if not settings.redis_url:
+        return CircuitBreaker(settings.llm_cooldown)
+    breaker = SharedBreaker(settings.llm_cooldown, shared_redis.connect(settings.redis_url, settings.redis_timeout))
+    breaker.listen()  # create_app runs in each worker (never preloaded): one listener per worker
+    return breaker
 
 
 def _log_rules_reload(store: RulesStore) -> None:

@@ -112,6 +112,12 @@ def _limit_string(raw: str) -> str:
     return raw.strip()
 
 
+def _redis_url(raw: str) -> str:
+    if raw and not raw.startswith(("redis://", "rediss://")):
+        raise ValueError("must start with redis:// or rediss:// (TLS)")
+    return _text(raw)
+
+
 def _budget(raw: str) -> str:
     return _limit_string(raw) if raw else ""
 
@@ -179,8 +185,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHAT_RATE_LIMIT", _limit_string, "20/minute;300/day",
             "Hard per-client limit on `/api/chat` (`off` disables it, e.g. behind a gateway that limits; with no "
             "budget set either, flask-limiter is not run at all)."),
-    Setting("RATELIMIT_STORAGE_URI", _text, "memory://",
-            "`memory://` counts per worker process; `redis://host:6379` shares counts across workers and machines."),
+    Setting("REDIS_URL", _redis_url, "",
+            "The one Redis every worker and instance shares (`redis://` or `rediss://`): rate limits, budgets and "
+            "the circuit breaker. Empty: each worker process keeps its own."),
+    Setting("REDIS_TIMEOUT", _seconds, "0.5",
+            "Seconds any Redis call may take; past it the worker carries on without Redis (and says so in `/healthz`)."),
+    Setting("RATELIMIT_STORAGE_URI", _text, "",
+            "Where rate limits and budgets count, if not in `REDIS_URL`: `memory://` counts per worker process; "
+            "`redis://host:6379` shares counts across workers and machines. Default: `REDIS_URL`, else `memory://`."),
     Setting("LLM_BUDGET_PER_CLIENT", _budget, "",
             "Soft per-client budget of live-model replies, e.g. `50/day`; above it the rules answer."),
     Setting("LLM_BUDGET_GLOBAL", _budget, "", "Soft budget of live-model replies for the whole service, e.g. `5000/day`."),
@@ -236,6 +248,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"SYSTEM_PROMPT_FILE cannot be read: {exc}") from None
 
+    values["ratelimit_storage_uri"] = values["ratelimit_storage_uri"] or values["redis_url"] or "memory://"
     configured = _configured_providers(values, explicitly_set)
     if values["llm_providers"] is None:
         values["llm_providers"] = configured

@@ -21,7 +21,8 @@ ALLOWED = {
     "domain": {"errors", "redaction", "transport"},
     "config": {"domain", "errors"},
     "server": {"errors", "config"},
-    "web": {"errors", "redaction", "config", "domain", "server"},
+    "shared": {"errors", "redaction", "domain"},
+    "web": {"errors", "redaction", "config", "domain", "server", "shared"},
     "testing": {"errors", "domain"},
 }
 WEB_STACK = ("flask", "werkzeug", "gevent", "gunicorn", "flask_limiter")

@@ -30,19 +30,15 @@ one too high; what is enforced is the count ``incr`` returned.)
 
 from __future__ import annotations
 
-import logging
 import time
 
 from limits.storage import SCHEMES, Storage, storage_from_string
 from redis.exceptions import NoScriptError
 
-from ..redaction import one_line
+from ..shared.outage import Outage
 from .counters import ExpiringCounters
 
-log = logging.getLogger("streamchat")
-
 PREFIX = "streamchat-failsoft+"
-RETRY_EVERY = 1.0  # seconds between attempts to reach a store that is down
 JUST_COUNTED_FOR = 0.5  # seconds a hit's count and expiry answer reads of its key
 _JUST_COUNTED_MAX = 4096
 
@@ -57,46 +53,6 @@ return {current, redis.call("pttl", KEYS[1])}
 """
 
 
-class Outage:
-    """Whether a shared store is down for this process; logged once as it goes and once as it returns."""
-
-    def __init__(self, what: str, retry_every: float = RETRY_EVERY, clock=time.monotonic):
-        self.what = what
-        self.retry_every = retry_every
-        self.clock = clock
-        self.down_since: float | None = None  # a clock() reading
-        self.down_since_wall: float | None = None  # the same moment, as a Unix time for /healthz
-        self._retry_at = 0.0
-
-    @property
-    def down(self) -> bool:
-        return self.down_since is not None
-
-    def should_try(self) -> bool:
-        """Return whether to try the store now: always while it is up, once per ``retry_every`` while down."""
-        if self.down_since is None:
-            return True
-        now = self.clock()
-        if now < self._retry_at:
-            return False
-        self._retry_at = now + self.retry_every  # the callers arriving meanwhile do not try too
-        return True
-
-    def failed(self, error: object) -> None:
-        if self.down_since is None:
-            self.down_since = self.clock()
-            self.down_since_wall = time.time()
-            self._retry_at = self.down_since + self.retry_every
-            log.warning("%s unreachable (%s): counting in this worker's memory until it is back",
-                        self.what, one_line(str(error)) or type(error).__name__)
-
-    def recovered(self) -> None:
-        if self.down_since is not None:
-            log.warning("%s reachable again after %.1f s: counting there again",
-                        self.what, self.clock() - self.down_since)
-            self.down_since = self.down_since_wall = None
-
-
 class FailSoftStorage(Storage):
     """A ``limits`` storage that answers from Redis (or any shared storage), or from memory while it is down."""
 
@@ -107,7 +63,7 @@ class FailSoftStorage(Storage):
         shared_uri = uri[len(PREFIX):]
         self.shared = storage_from_string(shared_uri, **options)
         self.memory = ExpiringCounters()
-        self.outage = Outage("rate-limit storage")
+        self.outage = Outage("rate-limit storage", "this worker counts in its own memory")
         # (count, expires at, good until): what the last incr of a key returned. Redis only: limits'
         # RedisStorage gives its client as ``storage`` and its key naming as ``prefixed_key``.
         self._just_counted: dict[str, tuple[int, float, float]] = {}

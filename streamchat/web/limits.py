@@ -136,9 +136,9 @@ def storage_health(budget: LiveBudget) -> dict:
         healthy = False
     info = {"storage": shown, "shared": not uri.startswith("memory://"), "healthy": healthy}
     if not healthy:
-        since = getattr(getattr(storage, "outage", None), "down_since_wall", None)
-        when = time.strftime(" since %H:%M:%SZ", time.gmtime(since)) if since else ""
-        info["error"] = f"rate-limit storage unreachable{when}: this worker counts in its own memory until it is back"
+        outage = getattr(storage, "outage", None)
+        info["error"] = (outage.health().get("error") if outage and outage.down else
+                         "rate-limit storage unreachable: this worker counts in its own memory")
     return info
 
 

@@ -8,6 +8,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ..domain.relay import ReplyRecord
 from ..domain.validation import InvalidRequest, Limits, parse_chat_request
 from ..server.disconnect import ClientTimeout, MalformedBody, read_body_within, watch_client
+from ..redaction import url_without_secrets
 from .access import request_started, request_tags
 from .limits import limit_chat, storage_health
 from .service import service
@@ -42,6 +43,17 @@ def chat():
     return reply_response(reply, plain_text, "text/plain; charset=utf-8")
 
 
+def shared_health(svc) -> dict:
+    """Report what this worker shares with the others (``REDIS_URL``), and whether it can now."""
+    url = svc.settings.redis_url
+    if not url:
+        return {"redis": "none", "healthy": True,
+                "note": "each worker process keeps its own circuit breaker (and, without RATELIMIT_STORAGE_URI, "
+                        "its own rate-limit counts): set REDIS_URL to share them"}
+    health = getattr(svc.relay.breaker, "health", None)
+    return {"redis": url_without_secrets(url), **(health() if health else {"healthy": True})}
+
+
 def _request_body_within(seconds: float) -> bytes:
     try:
         return read_body_within(request.environ, _request_body, seconds)
@@ -66,7 +78,8 @@ def _request_body() -> bytes:
 def healthz():
     """Report whether the service is up and which providers and rules it uses (never a key)."""
     svc = service()
-    body = {"status": "ok", **svc.relay.health(), "rate_limit": storage_health(svc.budget)}
-    if body["rules"]["error"] or not body["rate_limit"]["healthy"]:
+    body = {"status": "ok", **svc.relay.health(), "rate_limit": storage_health(svc.budget),
+            "shared": shared_health(svc)}
+    if body["rules"]["error"] or not body["rate_limit"]["healthy"] or not body["shared"]["healthy"]:
         body["status"] = "degraded"
     return jsonify(body)

@@ -1,0 +1,11 @@
+"""What every worker of every instance shares through Redis, and how each carries on without it.
+
+``outage`` (one warning when a shared store goes away and one when it is back,
+retries at most once a second), ``redis`` (the one client built from
+``REDIS_URL``, every call bounded by ``REDIS_TIMEOUT``) and ``breaker`` (the
+circuit breaker, shared through one expiring key per provider and a pub/sub
+channel, so skipping a provider costs no round trip).
+
+It imports the domain and nothing of the web layer; the web layer and
+``app.py`` import it.
+"""

@@ -1,0 +1,56 @@
+"""What instances share through REDIS_URL: one circuit breaker, on real gunicorn instances and a real Redis."""
+
+import json
+
+import pytest
+
+from servers import Gunicorn, chat_body, eventually, free_port, request
+
+pytestmark = pytest.mark.redis
+
+
+def chat(server, **fake):
+    status, headers, _ = request(server.url, "POST", "/api/chat", chat_body("hi", **fake))
+    return status, headers.get("X-Terminal-Mode"), headers.get("X-Terminal-Reason")
+
+
+def test_a_provider_one_instance_finds_unavailable_is_skipped_by_every_worker_of_the_other(log_dir, redis_server,
+                                                                                          fake):
+    env = dict(OPENAI_BASE_URL=f"{fake.url}/v1", REDIS_URL=redis_server.url, LLM_COOLDOWN="120")
+    client = redis_server.client()
+    with Gunicorn(log_dir, workers=2, **env) as a, Gunicorn(log_dir, workers=2, **env) as b:
+        assert eventually(lambda: client.pubsub_numsub("streamchat:breaker")[0][1] == 4)  # every worker listens
+        assert chat(a, id="shared-ok") == (200, "live", None)
+        assert chat(a, status=429, id="shared-429") == (200, "fallback", "rate_limited")
+        # Either worker of either instance now skips openai: its fake would have answered live.
+        skipped = [chat(server, id=f"shared-skip-{n}") for n in range(6) for server in (a, b)]
+        assert skipped == [(200, "fallback", "rate_limited")] * 12
+        assert [fake.find(f"shared-skip-{n}") for n in range(6)] == [None] * 6
+        assert 100_000 < client.pttl("streamchat:breaker:openai") <= 120_000
+        health = json.loads(request(b.url, "GET", "/healthz")[2])
+        assert health["cooling_down"]["openai"]["reason"] == "rate_limited"
+        assert health["shared"] == {"redis": redis_server.url, "healthy": True}
+        # An instance started during the cool-down loads it from its key.
+        with Gunicorn(log_dir, **env) as late:
+            assert chat(late, id="shared-late") == (200, "fallback", "rate_limited")
+            assert fake.find("shared-late") is None
+
+
+def test_without_redis_each_worker_keeps_its_own_breaker_and_says_so(log_dir, fake):
+    down = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", REDIS_URL=down, LLM_COOLDOWN="120") as server:
+        assert chat(server, id="alone-ok") == (200, "live", None)
+        assert chat(server, status=503, id="alone-503") == (200, "fallback", "upstream_error")
+        assert chat(server, id="alone-skip") == (200, "fallback", "upstream_error")  # its own breaker
+        assert fake.find("alone-skip") is None
+        status, _, body = request(server.url, "GET", "/healthz")
+        health = json.loads(body)
+        assert status == 200 and health["status"] == "degraded"
+        assert health["shared"]["healthy"] is False
+        assert "skips only the providers it saw fail" in health["shared"]["error"]
+        log = server.log()
+        assert log.count("shared circuit breaker (Redis) unreachable") == 1 and "Traceback" not in log
+    with Gunicorn(log_dir, workers=2) as server:  # no REDIS_URL at all: fine, and said
+        health = json.loads(request(server.url, "GET", "/healthz")[2])
+        assert health["status"] == "ok" and health["shared"]["redis"] == "none"
+        assert "set REDIS_URL to share them" in health["shared"]["note"]
