@@ -18,6 +18,8 @@ from streamchat.domain.rules import RulesStore, check_file
 from streamchat.redaction import remember_secrets
 from streamchat.shared import redis as shared_redis
 from streamchat.shared.breaker import SharedBreaker
+from streamchat.shared.redis_streams import RedisStreams
+from streamchat.shared.streams import MemoryStreams
 from streamchat.web import access, errors, headers, limits
 from streamchat.web.service import EXTENSION, Service
 from streamchat.web.views import bp
@@ -41,9 +43,11 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     rules = RulesStore(settings.rules_path, on_reload=_log_rules_reload)
     rules.current()
     chain = list(providers) if providers is not None else build_chain(settings)
-    relay = Relay(chain, rules, _breaker(settings), settings.fallback_word_delay)
+    shared = shared_redis.connect(settings.redis_url, settings.redis_timeout) if settings.redis_url else None
+    relay = Relay(chain, rules, _breaker(settings, shared), settings.fallback_word_delay)
     relay.listeners.append(access.log_reply)
-    app.extensions[EXTENSION] = Service(settings=settings, relay=relay, budget=limits.LiveBudget(settings))
+    app.extensions[EXTENSION] = Service(settings=settings, relay=relay, budget=limits.LiveBudget(settings),
+                                        streams=_stream_records(settings, shared))
     log.info("providers: %s", ", ".join(f"{p.name}({p.model})" for p in relay.chain) or no_provider_hint())
 
     app.register_blueprint(bp)
@@ -55,13 +59,24 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     return app
 
 
-def _breaker(settings) -> CircuitBreaker:
+def _breaker(settings, shared) -> CircuitBreaker:
     """The circuit breaker: shared through Redis when ``REDIS_URL`` is set, else this process's own."""
-    if not settings.redis_url:
+    if shared is None:
         return CircuitBreaker(settings.llm_cooldown)
-    breaker = SharedBreaker(settings.llm_cooldown, shared_redis.connect(settings.redis_url, settings.redis_timeout))
+    breaker = SharedBreaker(settings.llm_cooldown, shared)
     breaker.listen()  # create_app runs in each worker (never preloaded): one listener per worker
     return breaker
+
+
+def _stream_records(settings, shared) -> MemoryStreams | RedisStreams | None:
+    """Where replies are recorded for resuming: Redis when ``REDIS_URL`` is set, else this process (or nowhere)."""
+    if not settings.resume_ttl:
+        return None
+    if shared is None:
+        return MemoryStreams(settings.resume_ttl)
+    # While it streams a record lives as long as a reply may last, with its grace, and then the ttl.
+    return RedisStreams(shared, settings.resume_ttl,
+                        live_ttl=settings.llm_max_duration + settings.resume_grace + settings.resume_ttl)
 
 
 def _log_rules_reload(store: RulesStore) -> None:

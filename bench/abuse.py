@@ -50,8 +50,8 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def client_connections(pid: int, port: int) -> int:
-    """Count the connections ``pid`` holds on its listening ``port`` (not its pooled upstream connections)."""
+def client_connections(pid: int, port: int, remote: bool = False) -> int:
+    """Count the connections ``pid`` holds on its listening ``port`` (``remote``: to a server on ``port``)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -63,8 +63,9 @@ def client_connections(pid: int, port: int) -> int:
     count = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        local_port, state, inode = int(fields[1].split(":")[1], 16), fields[3], fields[9]
-        count += local_port == port and state != "0A" and inode in inodes  # 0A: the listening socket
+        local_port, remote_port = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        state, inode = fields[3], fields[9]
+        count += (remote_port if remote else local_port) == port and state != "0A" and inode in inodes  # 0A: listening
     return count
 
 
@@ -269,6 +270,7 @@ class Abuse:
         service = Service(self.bench.logs, OPENAI_BASE_URL=self.upstream)
         try:
             fds_before = settled_fds(service.worker, None)
+            pooled_before = client_connections(service.worker, self.bench.fake_port, remote=True)
             upstream_before = upstream_open(self.bench)
             generating = self.bench.via_service(service, id="ra")
             stalling = self.bench.via_service(service, id="rs", fault="stall_after", after=3)
@@ -280,7 +282,11 @@ class Abuse:
                                                      deadline=time.perf_counter() + 60, abort_after=plan.__getitem__))
             streams_closed = wait_until(lambda: open_streams(service) == 0, 30) is not None
             upstream_closed = wait_until(lambda: upstream_open(self.bench) <= upstream_before, 30) is not None
-            fds_after = settled_fds(service.worker, fds_before)
+            # Replies that went on after their hang-up (resume grace) return their upstream connection to the
+            # pool, where it stays open for the next request: those are counted apart.
+            pooled_after = client_connections(service.worker, self.bench.fake_port, remote=True)
+            fds_after = settled_fds(service.worker, fds_before + pooled_after - pooled_before)
+            pooled_after = client_connections(service.worker, self.bench.fake_port, remote=True)
             still_serves = self.sequential(service, 3, "ra-after")
         finally:
             service.stop()
@@ -288,7 +294,8 @@ class Abuse:
         return {"streams": count, "hang_ups": dict(kinds), "stalling_upstreams": len(silent),
                 "hung_up": sum(1 for r in results if r.closed_at), "open_streams_back_to_0": streams_closed,
                 "upstream_requests_back_to_baseline": upstream_closed, "worker_fds_before": fds_before,
-                "worker_fds_after": fds_after, "worker_fds_leaked": fds_after - fds_before,
+                "worker_fds_after": fds_after, "pooled_upstream_connections_after": pooled_after,
+                "worker_fds_leaked": (fds_after - pooled_after) - (fds_before - pooled_before),
                 "served_afterwards": sum(r.ok for r in still_serves)}
 
     # -- what counting costs ---------------------------------------------------------------------

@@ -190,6 +190,12 @@ SETTINGS: tuple[Setting, ...] = (
             "the circuit breaker. Empty: each worker process keeps its own."),
     Setting("REDIS_TIMEOUT", _seconds, "0.5",
             "Seconds any Redis call may take; past it the worker carries on without Redis (and says so in `/healthz`)."),
+    Setting("RESUME_TTL", _non_negative_seconds, "600",
+            "Seconds a reply's record (`X-Stream-Id`) can still be read or resumed after the reply ends; `0` records "
+            "nothing (no stream ids)."),
+    Setting("RESUME_GRACE", _non_negative_seconds, "10",
+            "Seconds a reply goes on being produced and recorded after its client left, for the client to come "
+            "back; `0` closes the upstream at once."),
     Setting("RATELIMIT_STORAGE_URI", _text, "",
             "Where rate limits and budgets count, if not in `REDIS_URL`: `memory://` counts per worker process; "
             "`redis://host:6379` shares counts across workers and machines. Default: `REDIS_URL`, else `memory://`."),

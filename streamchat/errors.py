@@ -16,6 +16,7 @@ and mapped from ``requests``/``urllib3`` exceptions in exactly one place
 
     ClientDisconnected             not the provider's failure: the client went away (thrown into the
                                    request's greenlet by ``streamchat.server.disconnect``)
+    ReplyStopped                   nobody's failure: someone asked to stop the reply (the stop endpoint)
 
 The view never shows these to the user: before the first byte it tries the
 next provider and then the rules responder; after it, the body ends with a
@@ -79,6 +80,10 @@ class ProviderRejected(ProviderError):
 
 class ClientDisconnected(Exception):
     """The client closed its connection before the reply was complete."""
+
+
+class ReplyStopped(Exception):
+    """The reply was asked to stop (``POST /api/chat/streams/<id>/stop``): it ends here, cleanly."""
 
 
 class BadStream(ProviderError):

@@ -35,8 +35,11 @@ def log_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def live(fake, log_dir):
-    """gunicorn (one gevent worker) answering from the fake upstream as an OpenAI-compatible server."""
-    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", OPENAI_MODEL="fake-gpt",
+    """gunicorn (one gevent worker) answering from the fake upstream as an OpenAI-compatible server.
+
+    With no resume grace: a client that leaves ends its reply at once (``test_resume`` has the grace).
+    """
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", OPENAI_MODEL="fake-gpt", RESUME_GRACE="0",
                   LLM_CONNECT_TIMEOUT="1", LLM_FIRST_TOKEN_TIMEOUT="3", LLM_IDLE_TIMEOUT="2",
                   LLM_MAX_DURATION="20", LLM_COOLDOWN="0") as server:
         yield server
@@ -56,7 +59,7 @@ def app():
     from app import create_app
 
     return create_app({"CHAT_RATE_LIMIT": "100000/minute", "CHAT_MAX_MESSAGES": "5", "CHAT_MAX_CHARS": "200",
-                       "CHAT_MAX_BODY_BYTES": "2048"})
+                       "CHAT_MAX_BODY_BYTES": "2048", "RESUME_GRACE": "0"})
 
 
 @pytest.fixture

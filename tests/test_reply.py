@@ -35,7 +35,7 @@ def records():
 
 @pytest.fixture
 def client(fake_provider, records):
-    app = create_app({"CHAT_RATE_LIMIT": "off", "LLM_COOLDOWN": "30"}, providers=[fake_provider])
+    app = create_app({"CHAT_RATE_LIMIT": "off", "LLM_COOLDOWN": "30", "RESUME_GRACE": "0"}, providers=[fake_provider])
     service_ = app.extensions["streamchat"]
     service_.relay.listeners.append(records.append)
     return app.test_client()

@@ -255,7 +255,7 @@ def test_a_client_leaving_while_its_reply_waits_to_be_sent_is_not_an_error(live,
 @pytest.fixture(scope="module")
 def impatient(fake, log_dir):
     """gunicorn that lets a client stall for 1 s only."""
-    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", CLIENT_TIMEOUT="1") as server:
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", CLIENT_TIMEOUT="1", RESUME_GRACE="0") as server:
         yield server
 
 

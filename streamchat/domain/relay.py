@@ -7,8 +7,8 @@ produce text answers ``live``; if none does, the rules responder answers in
 ``fallback`` mode with the reason of the first failure. Either way the
 caller gets a ``Reply`` whose mode is final (so its headers can be sent),
 whose ``text()`` yields the reply as ``str``, and whose ``record`` says, once
-it ends, how: ``complete``, ``cut_short`` (with ``cut_reason``) or
-``client_gone``. Turning text and ending into bytes (the cut-short notice
+it ends, how: ``complete``, ``cut_short`` (with ``cut_reason``),
+``client_gone`` or ``stopped``. Turning text and ending into bytes (the cut-short notice
 included) is the web layer's job, one framer per wire format.
 
 When a reply closes, its final ``ReplyRecord`` goes to every function in
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
-from ..errors import ClientDisconnected, ProviderError
+from ..errors import ClientDisconnected, ProviderError, ReplyStopped
 from ..redaction import url_without_secrets
 from .breaker import CircuitBreaker
 from .providers import Provider
@@ -32,7 +32,7 @@ from .providers import Provider
 log = logging.getLogger("streamchat")
 
 #: How a reply ended (``ReplyRecord.ended``); ``open`` until it does.
-OPEN, COMPLETE, CUT_SHORT, CLIENT_GONE = "open", "complete", "cut_short", "client_gone"
+OPEN, COMPLETE, CUT_SHORT, CLIENT_GONE, STOPPED = "open", "complete", "cut_short", "client_gone", "stopped"
 #: X-Terminal-Reason when provider code raised something that is not a ProviderError: a bug, logged with its traceback.
 INTERNAL_ERROR = "internal_error"
 #: The failure reason of a provider skipped because the circuit breaker is cooling it down.
@@ -113,6 +113,8 @@ class Reply:
             log.warning("stream cut short: %s", exc)
         except ClientDisconnected:
             record.ended = CLIENT_GONE
+        except ReplyStopped:
+            record.ended = STOPPED
         except Exception:  # a bug, not the user's fault: end the reply as for a provider failure
             record.ended, record.cut_reason = CUT_SHORT, INTERNAL_ERROR
             log.exception("stream cut short by an unexpected error")

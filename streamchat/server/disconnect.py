@@ -67,6 +67,31 @@ class ClientWatch:
             self._watcher = None
 
 
+def interrupter() -> Callable[[BaseException, Callable[[], bool]], None] | None:
+    """Return ``interrupt(error, still)``: raise ``error`` in the calling greenlet wherever it waits.
+
+    The error is raised from the hub, as the client watch raises ``ClientDisconnected``, so the
+    greenlet that asks (the stop endpoint's) never runs the other one's code itself; ``still()`` is
+    asked again then, so a greenlet that has moved on to other work meanwhile is left alone.
+    None outside gevent.
+    """
+    if not _gevent_patched():
+        return None
+    import gevent
+
+    target = gevent.getcurrent()
+    hub = gevent.get_hub()
+
+    def interrupt(error: BaseException, still: Callable[[], bool]) -> None:
+        def throw() -> None:
+            if not target.dead and still():
+                target.throw(error)
+
+        hub.loop.run_callback(throw)
+
+    return interrupt
+
+
 def watch_client(environ: dict[str, Any]) -> ClientWatch:
     """Start watching the request's client socket, when the server is gunicorn under gevent."""
     sock = environ.get("gunicorn.socket")

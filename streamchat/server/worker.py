@@ -37,7 +37,7 @@ from gevent import socket as gevent_socket
 from gunicorn.workers.ggevent import GeventWorker
 
 from ..config import load_settings
-from ..errors import ClientDisconnected
+from ..errors import ClientDisconnected, ReplyStopped
 
 log = logging.getLogger("streamchat")
 
@@ -78,6 +78,9 @@ class ClientSocket(gevent_socket.socket):
         except ClientDisconnected:
             # Seen by the client watch while this write waited: not an error for gunicorn to log.
             raise BrokenPipeError(errno.EPIPE, "the client closed the connection") from None
+        except ReplyStopped:
+            # The reply was stopped while this write waited: end the connection as for a client gone.
+            raise BrokenPipeError(errno.EPIPE, "the reply was stopped") from None
         finally:
             self.settimeout(previous)
 

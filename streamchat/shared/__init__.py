@@ -2,9 +2,11 @@
 
 ``outage`` (one warning when a shared store goes away and one when it is back,
 retries at most once a second), ``redis`` (the one client built from
-``REDIS_URL``, every call bounded by ``REDIS_TIMEOUT``) and ``breaker`` (the
+``REDIS_URL``, every call bounded by ``REDIS_TIMEOUT``), ``breaker`` (the
 circuit breaker, shared through one expiring key per provider and a pub/sub
-channel, so skipping a provider costs no round trip).
+channel, so skipping a provider costs no round trip), ``streams`` (stream
+records in one process's memory) and ``redis_streams`` (in Redis, written in
+batches by one flusher per process).
 
 It imports the domain and nothing of the web layer; the web layer and
 ``app.py`` import it.

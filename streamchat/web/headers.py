@@ -15,7 +15,7 @@ SECURITY_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "
 PAGE_HEADERS = SECURITY_HEADERS + [("Content-Security-Policy", PAGE_CSP)]
 API_HEADERS = SECURITY_HEADERS + [("Content-Security-Policy", API_CSP)]
 EXPOSED_HEADERS = ("X-Terminal-Mode, X-Terminal-Reason, X-Terminal-Provider, X-Terminal-Model, X-Request-Id, "
-                   "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset")
+                   "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-Stream-Id")
 
 
 def init_app(app: Flask, settings: Settings) -> None:

@@ -8,6 +8,7 @@ from flask import current_app
 
 from ..config import Settings
 from ..domain.relay import Relay
+from ..shared.streams import MemoryStreams
 from .limits import LiveBudget
 
 EXTENSION = "streamchat"
@@ -20,6 +21,7 @@ class Service:
     settings: Settings
     relay: Relay
     budget: LiveBudget
+    streams: MemoryStreams | None  # the stream records (shared.streams); None with RESUME_TTL=0
 
 
 def service() -> Service:

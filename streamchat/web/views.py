@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from flask import Blueprint, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -12,9 +14,33 @@ from ..redaction import url_without_secrets
 from .access import request_started, request_tags
 from .limits import limit_chat, storage_health
 from .service import service
+from ..shared.redis import ERRORS
+from ..shared.streams import BadOffset, UnknownStream
+from .errors import error_response
+from .resume import recorded_response, replay_response
 from .streaming import plain_text, reply_response
 
 bp = Blueprint("chat", __name__)
+
+
+def _streams():
+    streams = service().streams
+    if streams is None:  # RESUME_TTL=0: nothing is recorded, so no id is known
+        raise UnknownStream("replies are not recorded (RESUME_TTL=0)")
+    return streams
+
+
+def _reading_records(view):
+    """Answer 503 when the stream records' Redis is away (the chat itself keeps answering, without ids)."""
+
+    @functools.wraps(view)
+    def reading(*args, **kwargs):
+        try:
+            return view(*args, **kwargs)
+        except ERRORS:
+            return error_response(503, "records_unavailable", "Replies cannot be read again right now; try again soon.")
+
+    return reading
 
 
 @bp.get("/")
@@ -37,10 +63,67 @@ def chat():
     record = ReplyRecord(started=request_started(),
                          tags=request_tags(messages[-1]["content"] if settings.log_user_text else None))
     live_denied = svc.budget.live_denied()
-    watch = watch_client(request.environ)
-    reply = svc.relay.open(messages, on_close=watch.stop, live_denied=live_denied, record=record)
+    grace = settings.resume_grace if svc.streams is not None else 0
+    # With a grace period the reply outlives its client, so a client that leaves must not end it at once.
+    watch = watch_client(request.environ) if not grace else None
+    reply = svc.relay.open(messages, on_close=watch.stop if watch else None, live_denied=live_denied, record=record)
     g.reply_record = record  # logged by its listener when the reply closes
-    return reply_response(reply, plain_text, "text/plain; charset=utf-8")
+    if svc.streams is None:
+        return reply_response(reply, plain_text, "text/plain; charset=utf-8")
+    return recorded_response(reply, plain_text, "text/plain; charset=utf-8", svc.streams, grace)
+
+
+@bp.get("/api/chat/streams/<stream_id>")
+@limit_chat
+@_reading_records
+def resume(stream_id: str):
+    """Stream a reply again from byte ``offset`` (default 0) of its body, then live until it ends."""
+    raw = request.args.get("offset", "0")
+    if not raw.isdigit() or len(raw) > 15:
+        raise InvalidRequest(400, "invalid_offset", "offset must be a whole number of bytes, 0 or more.")
+    try:
+        return replay_response(_streams(), stream_id, int(raw))
+    except UnknownStream:
+        raise InvalidRequest(404, "unknown_stream", "No reply with this id: it never was, or it expired.") from None
+    except BadOffset as exc:
+        raise InvalidRequest(400, "invalid_offset", f"{str(exc).capitalize()}.") from None
+
+
+@bp.get("/api/chat/streams/<stream_id>/status")
+@_reading_records
+def stream_status(stream_id: str):
+    """Say whether a reply is still streaming, how it ended, and how many bytes it has."""
+    try:
+        info = _streams().info(stream_id)
+    except UnknownStream:
+        raise InvalidRequest(404, "unknown_stream", "No reply with this id: it never was, or it expired.") from None
+    body = {"state": info.state, "bytes": info.bytes, "mode": info.headers.get("X-Terminal-Mode")}
+    if info.cut_reason:
+        body["reason"] = info.cut_reason
+    return jsonify(body)
+
+
+@bp.post("/api/chat/streams/<stream_id>/stop")
+@limit_chat
+@_reading_records
+def stop(stream_id: str):
+    """Stop a reply wherever it streams: it ends as ``stopped``; a finished one stays as it ended."""
+    try:
+        before = _streams().stop(stream_id)
+    except UnknownStream:
+        raise InvalidRequest(404, "unknown_stream", "No reply with this id: it never was, or it expired.") from None
+    return jsonify({"state": before, "stopping": before == "streaming"}), 202
+
+
+def resume_health(svc) -> dict:
+    """Report where reply records live, and so which resumes can succeed."""
+    if svc.streams is None:
+        return {"store": "none: RESUME_TTL=0, replies are not recorded"}
+    health = svc.streams.health()
+    if not svc.streams.shared:
+        health["note"] = ("this worker's replies only: with several workers a resume that reaches another one "
+                          "gets a 404")
+    return health
 
 
 def shared_health(svc) -> dict:
@@ -79,7 +162,7 @@ def healthz():
     """Report whether the service is up and which providers and rules it uses (never a key)."""
     svc = service()
     body = {"status": "ok", **svc.relay.health(), "rate_limit": storage_health(svc.budget),
-            "shared": shared_health(svc)}
+            "shared": shared_health(svc), "resume": resume_health(svc)}
     if body["rules"]["error"] or not body["rate_limit"]["healthy"] or not body["shared"]["healthy"]:
         body["status"] = "degraded"
     return jsonify(body)

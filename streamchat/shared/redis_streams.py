@@ -1,0 +1,276 @@
+"""Stream records in Redis: any worker of any instance reads, follows or stops any reply.
+
+Each reply has two keys, expiring ``RESUME_TTL`` seconds after it ends:
+
+- ``streamchat:stream:<id>``, a Redis Stream of the body's bytes in batches (field ``d``), closed by one
+  entry saying how it ended (fields ``end`` and ``reason``);
+- ``streamchat:stream:<id>:meta``, a hash: the reply's headers (``headers``, JSON), ``state``, and ``hb``
+  and ``reader``, the Unix times the producer last beat and a reader last looked.
+
+Writing costs the producing worker no round trip per reply or token: ``start``, ``append`` and
+``finish`` only buffer, and one flusher per process creates, fills and ends every record, with every
+producer's heartbeat, in one script call every ``FLUSH_EVERY`` seconds (sooner when a reply has
+``FLUSH_BYTES`` waiting). A reader finds a reply whose
+heartbeat stopped (its instance died) and ends it as cut short. Stops go over pub/sub to every process;
+the one producing the reply stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import redis
+
+from .outage import Outage
+from .redis import ERRORS
+from .streams import COMPLETE, CUT_SHORT, STREAMING, BadOffset, StreamInfo, UnknownStream
+
+log = logging.getLogger("streamchat")
+
+PREFIX = "streamchat:stream:"
+STOP_CHANNEL = "streamchat:stop"
+FLUSH_EVERY = 0.05  # seconds a batch may wait before it is written
+FLUSH_BYTES = 4096  # a batch this large is written at once
+HEARTBEAT_EVERY = 1.0
+DEAD_AFTER = 5.0  # seconds without a heartbeat after which a reader takes the producer for dead
+READ_BLOCK_MS = 1000
+
+# One call per flush. KEYS: stream, meta for each reply; ARGV: now, ttl while streaming, ttl once ended, then
+# for each reply its headers (JSON, only in the first batch), data, end state and reason (both only in the last).
+FLUSH = """
+local now, live_ttl, ttl = ARGV[1], ARGV[2], ARGV[3]
+for i = 1, #KEYS / 2 do
+    local stream, meta = KEYS[2 * i - 1], KEYS[2 * i]
+    local at = 3 + (i - 1) * 4
+    local headers, data, ending, reason = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+    if headers ~= "" then
+        redis.call("hset", meta, "headers", headers, "state", "streaming", "reader", 0)
+    end
+    if data ~= "" then
+        redis.call("xadd", stream, "*", "d", data)
+    end
+    if ending ~= "" then
+        redis.call("xadd", stream, "*", "end", ending, "reason", reason)
+        redis.call("hset", meta, "state", ending, "reason", reason, "hb", now)
+        redis.call("pexpire", stream, ttl)
+        redis.call("pexpire", meta, ttl)
+    else
+        redis.call("hset", meta, "hb", now)
+        if headers ~= "" or data ~= "" then
+            redis.call("pexpire", stream, live_ttl)
+            redis.call("pexpire", meta, live_ttl)
+        end
+    end
+end
+return 1
+"""
+
+
+@dataclass
+class _Batch:
+    headers: str = ""  # JSON, until the record is created
+    data: bytearray = field(default_factory=bytearray)
+    ending: str = ""  # the end state, once the reply ended
+    reason: str = ""
+
+
+class ProducerGone(Exception):
+    """The instance producing the reply stopped beating: it died mid-reply."""
+
+
+class RedisStreams:
+    """Stream records in Redis, shared by every worker of every instance."""
+
+    shared = True
+
+    def __init__(self, client: redis.Redis, ttl: float, live_ttl: float):
+        self.client = client
+        self.ttl_ms = int(ttl * 1000)
+        self.live_ttl_ms = int(live_ttl * 1000)  # while a reply streams: as long as it may last, and the ttl
+        self.outage = Outage("stream records (Redis)", "replies stream without a stream id")
+        self.producers: dict[str, Callable[[], None]] = {}
+        self._batches: dict[str, _Batch] = {}  # the replies produced here, what is not written yet of each
+        self._lock = threading.Lock()
+        self._flush = client.register_script(FLUSH)
+        self._pid: int | None = None
+        self._last_beat = 0.0
+
+    # -- the producing side ---------------------------------------------------------------------
+    # Nothing here waits on Redis: the record is created, filled and ended by the flusher, within
+    # FLUSH_EVERY. Measured at 1,000 streams, a round trip to create and one to end each record cost
+    # 21% more CPU per upstream chunk than recording off; batched, 5-7% (2026-12-05, two runs in turn).
+
+    def start(self, stream_id: str, headers: dict[str, str]) -> None:
+        """Start a record; raises ``redis.ConnectionError`` while Redis is away (no id is given then)."""
+        self._run_here()
+        if self.outage.down:  # the flusher found it so, and will find it back
+            raise redis.ConnectionError("Redis is away")
+        with self._lock:
+            self._batches[stream_id] = _Batch(headers=json.dumps(headers))
+
+    def append(self, stream_id: str, data: bytes) -> None:
+        batch = self._batches.get(stream_id)
+        if batch is None:
+            return  # not recorded, or finished
+        batch.data += data
+        if len(batch.data) >= FLUSH_BYTES:
+            self.flush()
+
+    def finish(self, stream_id: str, state: str, cut_reason: str = "") -> None:
+        self.producers.pop(stream_id, None)
+        batch = self._batches.get(stream_id)
+        if batch is not None and not batch.ending:
+            batch.ending, batch.reason = state, cut_reason
+
+    def has_reader(self, stream_id: str, within: float) -> bool:
+        try:
+            seen = float(self.client.hget(PREFIX + stream_id + ":meta", "reader") or 0)
+        except ERRORS:
+            return False
+        return time.time() - seen < within
+
+    def flush(self) -> None:
+        """Write every waiting batch, and this process's heartbeats when due, in one script call."""
+        now = time.time()
+        beat = now - self._last_beat >= HEARTBEAT_EVERY
+        keys, args = [], [now, self.live_ttl_ms, self.ttl_ms]
+        with self._lock:
+            for stream_id, batch in list(self._batches.items()):
+                if not (batch.headers or batch.data or batch.ending or beat):
+                    continue
+                keys += [PREFIX + stream_id, PREFIX + stream_id + ":meta"]
+                args += [batch.headers, bytes(batch.data), batch.ending, batch.reason]
+                batch.headers, batch.data = "", bytearray()
+                if batch.ending:
+                    del self._batches[stream_id]
+        if beat:
+            self._last_beat = now
+        if not keys and not beat:
+            return
+        try:
+            if keys:
+                self._flush(keys=keys, args=args)
+            else:
+                self.client.ping()  # nothing to write: still learn within a second that Redis went away
+        except ERRORS as exc:
+            self.outage.failed(exc)  # those batches are lost: readers find the heartbeat stopped
+        else:
+            self.outage.recovered()
+
+    # -- the reading side -----------------------------------------------------------------------
+
+    def info(self, stream_id: str) -> StreamInfo:
+        meta = self._meta(stream_id)
+        state = meta.get("state", STREAMING)
+        if state == STREAMING and time.time() - float(meta.get("hb") or 0) > DEAD_AFTER:
+            state = CUT_SHORT
+        body = self._body(stream_id)
+        return StreamInfo(state, len(body), json.loads(meta["headers"]), meta.get("reason", ""))
+
+    def check_offset(self, stream_id: str, offset: int, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            body = self._body(stream_id)
+            if len(body) >= offset or time.monotonic() >= deadline:
+                break
+            if self._meta(stream_id).get("state") != STREAMING:
+                break
+            time.sleep(FLUSH_EVERY)
+        if offset > len(body):
+            raise BadOffset(f"offset {offset} is beyond the {len(body)} bytes of the reply")
+        if offset < len(body) and 0x80 <= body[offset] < 0xC0:
+            raise BadOffset(f"offset {offset} is inside a UTF-8 character")
+
+    def read(self, stream_id: str, offset: int) -> Iterator[bytes]:
+        """Yield the body from ``offset``, then what is added, until the reply ends (``ProducerGone`` if it died)."""
+        stream, meta = PREFIX + stream_id, PREFIX + stream_id + ":meta"
+        position, last_id = 0, "0-0"
+        while True:
+            self.client.hset(meta, "reader", time.time())
+            found = self.client.xread({stream: last_id}, count=500, block=READ_BLOCK_MS)
+            entries = found[0][1] if found else []
+            for entry_id, fields in entries:
+                last_id = entry_id
+                if "end" in fields:
+                    return
+                data = fields["d"].encode()
+                if position + len(data) > offset:
+                    yield data[max(0, offset - position):]
+                position += len(data)
+            if not entries:
+                state = self.client.hmget(meta, "state", "hb")
+                if state[0] is None:
+                    return  # expired while read
+                if state[0] == STREAMING and time.time() - float(state[1] or 0) > DEAD_AFTER:
+                    raise ProducerGone(stream_id)
+
+    def stop(self, stream_id: str) -> str:
+        state = self._meta(stream_id).get("state", STREAMING)
+        if state == STREAMING:
+            self.client.publish(STOP_CHANNEL, stream_id)
+        return state
+
+    def health(self) -> dict:
+        return {"store": "redis", "shared": True, **self.outage.health()}
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _meta(self, stream_id: str) -> dict:
+        meta = self.client.hgetall(PREFIX + stream_id + ":meta")
+        if not meta:
+            raise UnknownStream(stream_id)
+        return meta
+
+    def _body(self, stream_id: str) -> bytes:
+        entries = self.client.xrange(PREFIX + stream_id)
+        return b"".join(f["d"].encode() for _, f in entries if "d" in f)
+
+    def _run_here(self) -> None:
+        # One flusher and one stop listener per process, started in the process that records.
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        threading.Thread(target=self._flush_forever, name="streamchat-flusher", daemon=True).start()
+        threading.Thread(target=self._listen_for_stops, name="streamchat-stops", daemon=True).start()
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(FLUSH_EVERY)
+            try:
+                if self.outage.down:
+                    self._probe()
+                self.flush()
+            except Exception:  # never let the flusher die
+                log.exception("flushing stream records failed")
+
+    def _probe(self) -> None:
+        if self.outage.should_try():
+            try:
+                self.client.ping()
+            except ERRORS:
+                return
+            self.outage.recovered()
+
+    def _listen_for_stops(self) -> None:
+        while True:
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    pubsub.subscribe(STOP_CHANNEL)
+                    while True:
+                        message = pubsub.get_message(timeout=1.0)
+                        if message is not None and message["type"] == "message":
+                            stop = self.producers.get(message["data"])
+                            if stop is not None:
+                                stop()
+                finally:
+                    pubsub.close()
+            except ERRORS as exc:
+                self.outage.failed(exc)
+            time.sleep(1.0)

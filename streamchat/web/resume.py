@@ -1,0 +1,165 @@
+"""Resumable replies: every chat reply is recorded under a stream id, to be read again from any byte and stopped.
+
+``recorded_body()`` is the chat response's body. It passes the framed reply to
+the client and appends each chunk to the stream record as it goes. How it ends:
+
+- the reply ends: the record ends the same way (``complete``, ``cut_short``,
+  ``stopped``) and the reply closes;
+- the client leaves mid-reply (a reload, a phone losing signal): with
+  ``RESUME_GRACE`` > 0 the rest of the reply is produced in the background and
+  recorded, for as long as a reader is attached or came within the grace
+  period; then, if nobody came, the upstream is closed (nobody pays for a reply
+  no one reads). ``RESUME_GRACE=0`` closes it at once, as before;
+- ``POST /api/chat/streams/<id>/stop``: the producing greenlet is interrupted
+  wherever it waits (``server.disconnect.interrupter``) and the reply ends as
+  ``stopped``, with no notice.
+
+A client that leaves is noticed when a write to it fails (the disconnect watch
+would end the upstream read at once, so it is not started while resume is on).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from typing import Callable, Iterator
+
+from flask import Response, stream_with_context
+
+from ..domain.relay import CLIENT_GONE, COMPLETE, CUT_SHORT, OPEN, STOPPED, Reply
+from ..errors import ReplyStopped
+from ..server.disconnect import interrupter
+from ..shared import streams as records
+from ..shared.redis import ERRORS
+from ..shared.redis_streams import ProducerGone
+from .streaming import CUT_SHORT_NOTICE, STREAM_HEADERS, StreamingResponse, reply_headers, reply_response
+
+log = logging.getLogger("streamchat")
+
+STATE_OF_ENDING = {COMPLETE: records.COMPLETE, CUT_SHORT: records.CUT_SHORT, STOPPED: records.STOPPED,
+                   CLIENT_GONE: records.CUT_SHORT, OPEN: records.CUT_SHORT}
+GRACE_CHECK = 0.5  # seconds between looks for a reader while a reply goes on with no client
+
+
+def new_stream_id() -> str:
+    """Return a new stream id: 192 random bits, URL-safe; knowing it is what reading or stopping needs."""
+    return secrets.token_urlsafe(24)
+
+
+def recorded_response(reply: Reply, framer: Callable[[Reply], Iterator[bytes]], content_type: str, store,
+                      grace: float) -> Response:
+    """Return the response streaming ``reply`` through ``framer``, recorded under a new ``X-Stream-Id``."""
+    stream_id = new_stream_id()
+    headers = reply_headers(reply)
+    try:
+        store.start(stream_id, {**headers, "Content-Type": content_type})
+    except ERRORS:  # Redis away: the reply streams as it would unrecorded, without an id (the store logged it)
+        return reply_response(reply, framer, content_type)
+    recorded = RecordedReply(reply, framer(reply), store, stream_id, grace)
+    # No call_on_close(reply.close) here: the body closes the reply, now or once its continuation ends.
+    return StreamingResponse(stream_with_context(recorded.body()), content_type=content_type,
+                             headers={**STREAM_HEADERS, **headers, "X-Stream-Id": stream_id})
+
+
+def replay_response(store, stream_id: str, offset: int) -> Response:
+    """Return the response reading the record ``stream_id`` from byte ``offset``, live until it ends."""
+    info = store.info(stream_id)
+    store.check_offset(stream_id, offset, wait=records.FOLLOW_WAKE * 5)
+    headers = {key: value for key, value in info.headers.items() if key != "Content-Type"}
+    return StreamingResponse(_replayed(store, stream_id, offset), content_type=info.headers.get("Content-Type"),
+                             headers={**STREAM_HEADERS, **headers, "X-Stream-Id": stream_id})
+
+
+def _replayed(store, stream_id: str, offset: int) -> Iterator[bytes]:
+    try:
+        yield from store.read(stream_id, offset)
+    except ProducerGone:  # its instance died mid-reply: end as a reply cut short
+        yield CUT_SHORT_NOTICE.encode()
+    except ERRORS as exc:  # Redis went away while we read
+        log.warning("reading stream %s stopped: %s", stream_id[:8], exc)
+        yield CUT_SHORT_NOTICE.encode()
+
+
+class RecordedReply:
+    """One reply being recorded: its body for the client, its continuation when the client leaves, its stop."""
+
+    def __init__(self, reply: Reply, framed: Iterator[bytes], store, stream_id: str, grace: float):
+        self.reply = reply
+        self.framed = framed
+        self.store = store
+        self.stream_id = stream_id
+        self.grace = grace
+        self.finished = False
+        self.stopping = False
+        self._interrupt: Callable | None = None  # see server.disconnect.interrupter
+        store.producers[stream_id] = self.stop
+
+    def body(self) -> Iterator[bytes]:
+        """The response's body; closing it early (the client left) hands the rest to ``_go_on``."""
+        self._interrupt = interrupter()
+        try:
+            for chunk in self.framed:
+                self.store.append(self.stream_id, chunk)
+                yield chunk
+                if self.stopping:
+                    raise ReplyStopped()
+            self.finished = True
+        except ReplyStopped:  # between two chunks, or while the client's write waited
+            self.reply.record.ended = STOPPED
+            self.finished = True
+        finally:
+            self._interrupt = None  # this greenlet goes back to the server now: never interrupt it there
+            if self.finished or self.grace <= 0 or self.stopping:
+                self._end()
+            else:
+                threading.Thread(target=self._go_on, name=f"reply-{self.stream_id[:8]}", daemon=True).start()
+
+    def _go_on(self) -> None:
+        """Produce and record the rest of the reply with no client, while someone may still read it."""
+        self._interrupt = interrupter()
+        grace_ends = time.monotonic() + self.grace
+        next_look = time.monotonic() + GRACE_CHECK
+        try:
+            for chunk in self.framed:
+                self.store.append(self.stream_id, chunk)
+                if self.stopping:
+                    raise ReplyStopped()
+                now = time.monotonic()
+                if now >= next_look:
+                    next_look = now + GRACE_CHECK
+                    if self.store.has_reader(self.stream_id, within=GRACE_CHECK * 2):
+                        grace_ends = now + self.grace
+                    elif now >= grace_ends:
+                        log.info("nobody came back for stream %s within %g s: closing its upstream",
+                                 self.stream_id[:8], self.grace)
+                        self.reply.record.ended = CLIENT_GONE
+                        return
+            self.finished = True
+        except ReplyStopped:
+            self.reply.record.ended = STOPPED
+        except Exception:
+            log.exception("reply %s failed while no client was attached", self.stream_id[:8])
+        finally:
+            self._end()
+
+    def stop(self) -> None:
+        """End the reply now, from any greenlet: it is recorded as ``stopped``."""
+        self.stopping = True
+        interrupt = self._interrupt
+        if interrupt is not None:
+            interrupt(ReplyStopped(), lambda: self._interrupt is interrupt)
+
+    def _end(self) -> None:
+        self._interrupt = None
+        if self.stopping and self.reply.record.ended == OPEN:
+            self.reply.record.ended = STOPPED  # stopped while the client's write waited
+        try:
+            close = getattr(self.framed, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.reply.close()  # the upstream, the listeners
+            record = self.reply.record
+            self.store.finish(self.stream_id, STATE_OF_ENDING.get(record.ended, records.CUT_SHORT), record.cut_reason)
