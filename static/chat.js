@@ -24,6 +24,7 @@
 
   let thread = loadThread(); // [{role, content, meta}]
   let controller = null; // the AbortController of the reply in progress
+  let streamId = ""; // X-Stream-Id of the reply in progress: Stop ends it on the server too
   let followStream = true; // false once the user scrolls up during a reply
 
   // -- storage ---------------------------------------------------------------------------
@@ -208,6 +209,7 @@
     scrollToEnd(true);
 
     controller = new AbortController();
+    streamId = "";
     setStreaming(true);
     setStatus("Assistant is replying…");
     let reply = null;
@@ -225,6 +227,7 @@
         setStatus("");
         return;
       }
+      streamId = response.headers.get("X-Stream-Id") || "";
       const meta = {
         mode: response.headers.get("X-Terminal-Mode") || "live",
         reason: response.headers.get("X-Terminal-Reason") || "",
@@ -297,7 +300,14 @@
   }
 
   function stop() {
-    if (controller) controller.abort();
+    if (!controller) return;
+    // Hanging up alone would leave the reply running on the server for RESUME_GRACE seconds, for a
+    // client that comes back: Stop asks the server to end it now. Fire and forget.
+    if (streamId) {
+      fetch("/api/chat/streams/" + encodeURIComponent(streamId) + "/stop", { method: "POST", keepalive: true })
+        .catch(() => {});
+    }
+    controller.abort();
   }
 
   // -- wiring ------------------------------------------------------------------------------

@@ -203,3 +203,17 @@ def test_screenshots(offline, live, open_page, scheme, device, viewport):
     path = ARTIFACTS / f"chat-{device}-{scheme}.png"
     page.screenshot(path=str(path))
     assert path.stat().st_size > 10_000
+
+
+def test_stop_ends_the_reply_on_the_server_even_while_it_would_outlive_its_client(fake, log_dir, open_page):
+    # With a resume grace a hang-up alone would keep the upstream going for 30 s: Stop calls the stop endpoint.
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", RESUME_GRACE="30") as server:
+        page = open_page(server)
+        say(page, "hi", text="alpha beta gamma delta", fault="stall_after", after=3, first_token_ms=0,
+            id="b-stop-grace")
+        reply = last_reply(page)
+        reply.locator(".content", has_text="alpha").wait_for()
+        page.click("#stop")
+        assert fake.wait_for(lambda: fake.find("b-stop-grace").peer_closed), "stop must close the upstream"
+        reply.locator(".tag", has_text="stopped").wait_for()
+        assert "path=/api/chat/streams/" in server.log() and "/stop status=202" in server.log()
