@@ -5,6 +5,7 @@
 (() => {
   const STORAGE_KEY = "streamchat.thread.v1";
   const CUT_SHORT_MARK = "\n\n[Reply cut short:"; // the server ends a broken stream with this notice
+  const RESUME_FOR_MS = 30000; // how long a reply whose connection broke is asked for again
 
   const $ = (id) => document.getElementById(id);
   const threadEl = $("thread");
@@ -232,37 +233,13 @@
         mode: response.headers.get("X-Terminal-Mode") || "live",
         reason: response.headers.get("X-Terminal-Reason") || "",
         model: response.headers.get("X-Terminal-Model") || "",
+        streamId, bytes: 0, streaming: true, // until it ends: a reload continues it from meta.bytes
       };
       showMode(meta);
       reply = { role: "assistant", content: "", meta };
       thread.push(reply);
       view = addView(reply);
-      view.classList.add("streaming");
-      const content = view.querySelector(".content");
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder("utf-8"); // stream mode: a character cut between chunks waits
-      let pending = false;
-      const paint = () => {
-        pending = false;
-        renderContent(content, reply.content);
-        scrollToEnd(false);
-      };
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        reply.content += decoder.decode(value, { stream: true });
-        if (!pending) {
-          pending = true;
-          requestAnimationFrame(paint);
-        }
-      }
-      reply.content += decoder.decode();
-      const cut = reply.content.lastIndexOf(CUT_SHORT_MARK);
-      if (cut >= 0) {
-        reply.content = reply.content.slice(0, cut);
-        meta.cutShort = true;
-      }
-      setStatus(meta.cutShort ? "The reply was cut short." : "");
+      await follow(reply, view, response, sentThread);
     } catch (error) {
       const stopped = error && error.name === "AbortError";
       if (thread !== sentThread) {
@@ -277,25 +254,165 @@
           showError("Could not reach the server. Check your connection.", text);
           setStatus("");
         }
-      } else if (stopped) {
-        reply.meta.stopped = true;
-        setStatus("Stopped.");
       } else {
-        reply.meta.interrupted = true;
         showError("The connection was lost during the reply.", text);
-        setStatus("");
       }
     } finally {
-      if (view && reply) {
-        view.classList.remove("streaming");
-        renderContent(view.querySelector(".content"), reply.content);
-        renderTag(view, reply);
-        scrollToEnd(false);
-      }
       controller = null;
       setStreaming(false);
       if (thread === sentThread) saveThread();
       input.focus();
+    }
+  }
+
+  // Show a reply as it streams, from ``response`` (or, after a reload, from where it was), into ``view``.
+  // A connection lost mid-reply is resumed from the bytes received (GET /api/chat/streams/<id>?offset=),
+  // retrying with backoff for RESUME_FOR_MS; then the text so far stays, labelled "connection lost".
+  async function follow(reply, view, response, sentThread) {
+    const meta = reply.meta;
+    view.classList.add("streaming");
+    const content = view.querySelector(".content");
+    let lostSince = 0;
+    let delay = 250;
+    try {
+      for (;;) {
+        try {
+          if (!response) response = await reconnect(meta);
+          if (response) {
+            await readBody(response, reply, content);
+            break; // the whole reply
+          }
+          lostSince = 0;
+          break; // the reply is gone from the server: keep the text so far
+        } catch (error) {
+          if (error && error.name === "AbortError") throw error;
+          response = null;
+          lostSince = lostSince || Date.now();
+          if (!meta.streamId || Date.now() - lostSince > RESUME_FOR_MS) break;
+          setStatus("Connection lost: reconnecting…");
+          await sleep(delay);
+          delay = Math.min(delay * 2, 4000);
+        }
+      }
+      if (response) {
+        const cut = reply.content.lastIndexOf(CUT_SHORT_MARK);
+        if (cut >= 0) {
+          reply.content = reply.content.slice(0, cut);
+          meta.cutShort = true;
+        }
+        setStatus(meta.cutShort ? "The reply was cut short." : "");
+      } else {
+        meta.interrupted = true;
+        setStatus("");
+        if (lostSince) throw new Error("connection lost");
+      }
+    } catch (error) {
+      if (error && error.name === "AbortError") {
+        meta.stopped = true;
+        setStatus("Stopped.");
+      } else if (thread === sentThread) {
+        meta.interrupted = true;
+        throw error;
+      }
+    } finally {
+      delete meta.streaming;
+      delete meta.bytes;
+      delete meta.streamId;
+      view.classList.remove("streaming");
+      renderContent(content, reply.content);
+      renderTag(view, reply);
+      scrollToEnd(false);
+    }
+  }
+
+  // GET the rest of the reply from meta.bytes; null when the server no longer has it.
+  async function reconnect(meta) {
+    const path = `/api/chat/streams/${encodeURIComponent(meta.streamId)}?offset=${meta.bytes}`;
+    const response = await fetch(path, { signal: controller.signal });
+    if (response.ok) return response;
+    if (response.status === 404 || response.status === 400) return null;
+    throw new Error(`the server answered ${response.status}`); // 429, 503: try again
+  }
+
+  async function readBody(response, reply, content) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder("utf-8"); // stream mode: a character cut between chunks waits
+    let recent = new Uint8Array(0); // the last bytes received, to know where the last whole character ends
+    let received = reply.meta.bytes;
+    let pending = false;
+    let savedAt = Date.now();
+    const paint = () => {
+      pending = false;
+      renderContent(content, reply.content);
+      scrollToEnd(false);
+    };
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      reply.content += decoder.decode(value, { stream: true });
+      received += value.length;
+      recent = lastBytes(recent, value);
+      reply.meta.bytes = received - incompleteTail(recent); // offsets must fall between characters
+      if (!pending) {
+        pending = true;
+        requestAnimationFrame(paint);
+      }
+      if (Date.now() - savedAt > 500) {
+        savedAt = Date.now();
+        saveThread(); // a reload continues from here
+      }
+    }
+    reply.content += decoder.decode();
+  }
+
+  function lastBytes(recent, value) {
+    const joined = new Uint8Array(recent.length + value.length);
+    joined.set(recent);
+    joined.set(value, recent.length);
+    return joined.slice(-3);
+  }
+
+  // How many bytes at the end begin a UTF-8 character that has not fully arrived.
+  function incompleteTail(bytes) {
+    for (let back = 1; back <= bytes.length; back += 1) {
+      const byte = bytes[bytes.length - back];
+      if ((byte & 0xc0) === 0x80) continue; // a continuation byte: its lead is further back
+      const size = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc0 ? 2 : 1;
+      return size > back ? back : 0;
+    }
+    return 0;
+  }
+
+  function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+  }
+
+  // After a reload: a reply that was still streaming goes on where it was.
+  async function continueReply() {
+    const reply = thread[thread.length - 1];
+    if (!reply || reply.role !== "assistant" || !reply.meta || !reply.meta.streaming) return;
+    const views = threadEl.querySelectorAll(".message");
+    const view = views[views.length - 1];
+    if (!reply.meta.streamId || !view) {
+      delete reply.meta.streaming;
+      reply.meta.interrupted = true;
+      saveThread();
+      renderThread();
+      return;
+    }
+    const sentThread = thread;
+    controller = new AbortController();
+    streamId = reply.meta.streamId;
+    setStreaming(true);
+    setStatus("Reconnecting to the reply…");
+    try {
+      await follow(reply, view, null, sentThread);
+    } catch (_) {
+      showError("The connection was lost during the reply.");
+    } finally {
+      controller = null;
+      setStreaming(false);
+      if (thread === sentThread) saveThread();
     }
   }
 
@@ -353,4 +470,5 @@
   const last = [...thread].reverse().find((m) => m.role === "assistant" && m.meta && m.meta.mode);
   if (last) showMode(last.meta);
   input.focus();
+  continueReply();
 })();

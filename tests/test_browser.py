@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import ARTIFACTS
-from servers import Gunicorn
+from servers import Gunicorn, eventually
 
 pytestmark = pytest.mark.browser
 
@@ -217,3 +217,27 @@ def test_stop_ends_the_reply_on_the_server_even_while_it_would_outlive_its_clien
         assert fake.wait_for(lambda: fake.find("b-stop-grace").peer_closed), "stop must close the upstream"
         reply.locator(".tag", has_text="stopped").wait_for()
         assert "path=/api/chat/streams/" in server.log() and "/stop status=202" in server.log()
+
+
+@pytest.fixture(scope="module")
+def resumable(fake, log_dir):
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", RESUME_GRACE="10") as server:
+        yield server
+
+
+def test_a_reload_mid_reply_continues_the_same_reply_in_the_same_bubble(resumable, fake, open_page):
+    text = " ".join(f"wörd{n}" for n in range(60))  # two-byte characters: offsets must fall between them
+    page = open_page(resumable)
+    say(page, "hi", text=text, interval_ms=40, first_token_ms=0, id="b-reload")
+    last_reply(page).locator(".content", has_text="wörd10").wait_for()
+    # The page saves its progress every 500 ms: reload once it has saved some mid-reply. (Polled from
+    # here: wait_for_function evaluates its predicate with eval, which the page's CSP refuses.)
+    assert eventually(lambda: page.evaluate("JSON.parse(localStorage.getItem('streamchat.thread.v1') || '[]')"
+                                            ".some((m) => m.meta && m.meta.streaming && m.meta.bytes > 0)"))
+    page.reload()
+    reply = last_reply(page)
+    reply.locator(".content", has_text="wörd59").wait_for(timeout=15000)
+    assert eventually(lambda: page.evaluate("!document.querySelector('.streaming')"))
+    assert reply.locator(".content").inner_text() == text
+    assert page.locator(".message.assistant").count() == 1
+    assert [r.id for r in fake.records].count("b-reload") == 1  # the upstream was asked once
