@@ -153,3 +153,76 @@ def eventually(predicate, timeout: float = 10.0):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(0.02)
+
+
+class Nginx:
+    """A real nginx on a loopback port, balancing round-robin over ``backends`` as the README's deploy notes say."""
+
+    def __init__(self, log_dir: Path, backends: list["Gunicorn"]):
+        import shutil
+
+        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = log_dir / f"nginx-{self.port}"
+        self.dir.mkdir()
+        servers = "".join(f"        server 127.0.0.1:{b.port};\n" for b in backends)
+        (self.dir / "nginx.conf").write_text(f"""
+daemon off;
+worker_processes 1;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {self.dir}/access.log;
+    client_body_temp_path {self.dir}/body;
+    proxy_temp_path {self.dir}/proxy;
+    fastcgi_temp_path {self.dir}/fastcgi;
+    uwsgi_temp_path {self.dir}/uwsgi;
+    scgi_temp_path {self.dir}/scgi;
+    upstream streamchat {{
+{servers}    }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{
+            proxy_pass http://streamchat;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_buffering off;
+            gzip off;
+            proxy_read_timeout 120s;
+        }}
+    }}
+}}
+""")
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Nginx":
+        import os as _os
+
+        if not _os.path.exists(self.binary):
+            import pytest
+
+            if _os.environ.get("CI"):
+                pytest.fail("nginx is missing: ./run-tests installs it with apt-get")
+            pytest.skip("nginx is not installed (./run-tests installs it)")
+        self.process = subprocess.Popen([self.binary, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if request(self.url, "GET", "/healthz", timeout=1)[0] == 200:
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError("nginx did not start: " + (self.dir / "error.log").read_text())
+
+    def __exit__(self, *exc) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def upstreams_used(self) -> str:
+        return (self.dir / "access.log").read_text()

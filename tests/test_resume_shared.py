@@ -107,3 +107,20 @@ def test_redis_stopping_mid_run_leaves_replies_streaming_without_ids(fake, log_d
             assert "Traceback" not in server.log()
     finally:
         redis_server.stop()
+
+
+def test_behind_a_round_robin_nginx_a_hang_up_resumes_and_a_stop_lands(pair, fake, log_dir):
+    from servers import Nginx
+
+    with Nginx(log_dir, list(pair)) as balancer:
+        whole = request(balancer.url, "POST", "/api/chat", chat_body("hi", id="lb-whole", **SLOW))[2]
+        headers, received = partial(balancer, chat_body("hi", id="lb-cut", **SLOW), at_least=40)
+        stream_id = headers["X-Stream-Id"]
+        # Round-robin: these land on different instances, none of them sticky.
+        status, _, rest = request(balancer.url, "GET", f"/api/chat/streams/{stream_id}?offset={len(received)}")
+        assert status == 200 and received + rest == whole
+        assert [r.id for r in fake.records].count("lb-cut") == 1
+        headers, _ = partial(balancer, chat_body("hi", id="lb-stop", tokens=400, interval_ms=30), at_least=5)
+        status, _, _ = request(balancer.url, "POST", f"/api/chat/streams/{headers['X-Stream-Id']}/stop")
+        assert status == 202
+        assert fake.wait_for(lambda: (r := fake.find("lb-stop")) and r.peer_closed and r)

@@ -224,6 +224,10 @@ class RedisStreams:
     def _meta(self, stream_id: str) -> dict:
         meta = self.client.hgetall(PREFIX + stream_id + ":meta")
         if not meta:
+            # The id may be a few ms old: its record is created by the next flush. Look once more then.
+            time.sleep(3 * FLUSH_EVERY)
+            meta = self.client.hgetall(PREFIX + stream_id + ":meta")
+        if not meta:
             raise UnknownStream(stream_id)
         return meta
 
