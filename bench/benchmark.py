@@ -462,9 +462,13 @@ TARGETS = [
                                                                           "back to baseline"),
     ("counting", "memory_cpu_vs_off", "<=", 1.1, "counting in memory: CPU ≤ 1.1 × off"),
     ("counting", "redis_cpu_vs_off", "<=", 1.1, "counting in Redis: CPU ≤ 1.1 × off"),
+    ("resume", "resumed_whole", ">=", 200, "resume elsewhere: all 200 hung-up replies come out whole"),
+    ("stop", "stop_to_upstream_closed_p99_ms", "<=", 100.0, "stop from another instance: upstream closed ≤ 100 ms p99"),
+    ("recording", "on_vs_off", "<=", 1.15, "1,000 streams recorded in Redis: CPU ≤ 1.15 × recording off"),
 ]
 
 ABUSE = ["soak", "slow_heads", "never_read", "random_aborts", "counting"]
+INSTANCES = ["resume", "stop", "recording"]  # two instances (or one) and one Redis
 
 
 def markdown(results: dict) -> str:
@@ -507,8 +511,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
-                                       "fallback,aborts, and the soak and abuse ones: " + ",".join(ABUSE))
-    parser.add_argument("--abuse", action="store_true", help="run the soak and abuse scenarios (about 15 minutes)")
+                                       "fallback,aborts, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
+    parser.add_argument("--abuse", action="store_true",
+                        help="run the soak, abuse and two-instance scenarios (about 16 minutes)")
     parser.add_argument("--before", metavar="REV", help="also run REV's service in turn, in soak and counting")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
@@ -522,14 +527,17 @@ def main() -> None:
         "versions": {name: metadata.version(name) for name in ("gunicorn", "gevent", "flask", "requests")},
         "quick": args.quick}}
     bench = Bench(logs, args.quick)
-    from bench.abuse import Abuse, worktree  # it builds on this module
+    from bench.abuse import Abuse, worktree  # they build on this module
+    from bench.instances import Instances
 
     abuse = Abuse(bench, worktree(args.before) if args.before else None)
     scenarios = {"one_client": bench.one_client, "streams_200": lambda: bench.concurrent(200),
                  "streams_1000": lambda: bench.concurrent(1000, floor=True), "bursts": bench.bursts,
                  "fallback": bench.fallback, "aborts": bench.aborts,
-                 **{name: getattr(abuse, name) for name in ABUSE}}
-    chosen = args.only.split(",") if args.only else ABUSE if args.abuse else list(scenarios)[:-len(ABUSE)]
+                 **{name: getattr(abuse, name) for name in ABUSE},
+                 **{name: getattr(Instances(bench), name) for name in INSTANCES}}
+    chosen = (args.only.split(",") if args.only else ABUSE + INSTANCES if args.abuse
+              else list(scenarios)[:-len(ABUSE + INSTANCES)])
     out = Path(args.out)
     if out.with_suffix(".json").exists() and not args.quick:
         # Keep the scenarios not run this time, each with the date it was measured.

@@ -34,6 +34,7 @@ class StreamResult:
     max_gap: float = 0.0
     error: str = ""
     closed_at: float | None = None  # when we hung up on purpose (abort scenario), CLOCK_MONOTONIC
+    stream_id: str = ""  # X-Stream-Id, as soon as the head arrived
 
     @property
     def ttfb(self) -> float | None:
@@ -85,6 +86,8 @@ class _Stream(asyncio.Protocol):
                 name, _, value = line.partition(":")
                 if name.lower() == "x-terminal-mode":
                     result.mode = value.strip()
+                elif name.lower() == "x-stream-id":
+                    result.stream_id = value.strip()
             self.last = now
             if self.abort_after == 0:
                 result.closed_at = time.monotonic()
@@ -139,15 +142,17 @@ class _Stream(asyncio.Protocol):
             self.done.set_result(None)
 
 
-def build_request(host: str, port: int, path: str, body: dict, headers: dict | None = None) -> bytes:
-    payload = json.dumps(body).encode()
+def build_request(host: str, port: int, path: str, body: dict | None, headers: dict | None = None,
+                  method: str = "POST") -> bytes:
+    payload = json.dumps(body).encode() if body is not None else b""
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    return (f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\nConnection: close\r\n{extra}\r\n").encode() + payload
 
 
 async def one_stream(host: str, port: int, request: bytes, tag: str, *, direct: bool, deadline: float,
-                     abort_after_chunks: int | None = None, source: str | None = None) -> StreamResult:
+                     abort_after_chunks: int | None = None, source: str | None = None,
+                     result: StreamResult | None = None) -> StreamResult:
     """Run one streaming request until it ends, we abort it, or ``deadline`` (perf_counter) passes.
 
     ``source``: the local address to connect from (any of 127.0.0.0/8 on Linux), so that one load
@@ -155,7 +160,7 @@ async def one_stream(host: str, port: int, request: bytes, tag: str, *, direct: 
     arrives; a negative one sends only the first half of the request and hangs up.
     """
     loop = asyncio.get_running_loop()
-    result = StreamResult(tag=tag, started=time.perf_counter())
+    result = result or StreamResult(tag=tag, started=time.perf_counter())  # given: to watch it in flight
     done = loop.create_future()
     try:
         transport, _ = await asyncio.wait_for(
