@@ -241,3 +241,27 @@ def test_a_reload_mid_reply_continues_the_same_reply_in_the_same_bubble(resumabl
     assert reply.locator(".content").inner_text() == text
     assert page.locator(".message.assistant").count() == 1
     assert [r.id for r in fake.records].count("b-reload") == 1  # the upstream was asked once
+
+
+def test_two_seconds_without_a_network_mid_reply_and_the_reply_completes(resumable, fake, open_page):
+    from servers import TcpRelay
+
+    relay = TcpRelay(resumable)  # the page talks to the server through it; cutting it cuts the network
+    try:
+        text = " ".join(f"part{n}" for n in range(50))
+        page = open_page(relay, allowed=("ERR_", "Failed to load resource"))
+        say(page, "hi", text=text, interval_ms=50, first_token_ms=0, id="b-offline")
+        reply = last_reply(page)
+        reply.locator(".content", has_text="part5").wait_for()
+        page.context.set_offline(True)
+        relay.cut(2.0)  # the open connection is cut, and for two seconds no new one gets through
+        assert eventually(lambda: "reconnecting" in page.evaluate("document.getElementById('status').textContent"))
+        page.context.set_offline(False)
+        reply.locator(".content", has_text="part49").wait_for(timeout=20000)
+        assert eventually(lambda: page.evaluate("!document.querySelector('.streaming')"))
+        assert reply.locator(".content").inner_text() == text
+        assert "connection lost" not in reply.locator(".tag").inner_text()
+        assert relay.cuts >= 2 and "path=/api/chat/streams/" in resumable.log()  # resumed, not just finished
+        assert [r.id for r in fake.records].count("b-offline") == 1
+    finally:
+        relay.close()
