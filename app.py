@@ -75,7 +75,7 @@ def _stream_records(settings, shared) -> MemoryStreams | RedisStreams | None:
     if shared is None:
         return MemoryStreams(settings.resume_ttl)
     # While it streams a record lives as long as a reply may last, with its grace, and then the ttl.
-    return RedisStreams(shared, settings.resume_ttl,
+    return RedisStreams(shared, settings.resume_ttl, timeout=settings.redis_timeout,
                         live_ttl=settings.llm_max_duration + settings.resume_grace + settings.resume_ttl)
 
 

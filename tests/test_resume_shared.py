@@ -124,3 +124,11 @@ def test_behind_a_round_robin_nginx_a_hang_up_resumes_and_a_stop_lands(pair, fak
         status, _, _ = request(balancer.url, "POST", f"/api/chat/streams/{headers['X-Stream-Id']}/stop")
         assert status == 202
         assert fake.wait_for(lambda: (r := fake.find("lb-stop")) and r.peer_closed and r)
+
+
+def test_a_reader_waits_through_an_upstream_silence_longer_than_the_redis_timeout(pair, fake):
+    a, b = pair  # REDIS_TIMEOUT is 0.5 s: a blocking read must not be taken for Redis being away
+    headers, received = partial(a, chat_body("hi", id="shared-silence", text="before and after", interval_ms=1500,
+                                             first_token_ms=0), at_least=1)
+    status, _, rest = request(b.url, "GET", f"/api/chat/streams/{headers['X-Stream-Id']}?offset={len(received)}")
+    assert status == 200 and (received + rest).decode() == "before and after"

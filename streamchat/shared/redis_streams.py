@@ -39,7 +39,6 @@ FLUSH_EVERY = 0.05  # seconds a batch may wait before it is written
 FLUSH_BYTES = 4096  # a batch this large is written at once
 HEARTBEAT_EVERY = 1.0
 DEAD_AFTER = 5.0  # seconds without a heartbeat after which a reader takes the producer for dead
-READ_BLOCK_MS = 1000
 
 # One call per flush. KEYS: stream, meta for each reply; ARGV: now, ttl while streaming, ttl once ended, then
 # for each reply its headers (JSON, only in the first batch), data, end state and reason (both only in the last).
@@ -89,8 +88,10 @@ class RedisStreams:
 
     shared = True
 
-    def __init__(self, client: redis.Redis, ttl: float, live_ttl: float):
+    def __init__(self, client: redis.Redis, ttl: float, live_ttl: float, timeout: float):
         self.client = client
+        # A blocking read must return before the client's socket timeout (REDIS_TIMEOUT) calls Redis dead.
+        self.block_ms = max(10, int(timeout * 1000 * 0.6))
         self.ttl_ms = int(ttl * 1000)
         self.live_ttl_ms = int(live_ttl * 1000)  # while a reply streams: as long as it may last, and the ttl
         self.outage = Outage("stream records (Redis)", "replies stream without a stream id")
@@ -193,7 +194,7 @@ class RedisStreams:
         position, last_id = 0, "0-0"
         while True:
             self.client.hset(meta, "reader", time.time())
-            found = self.client.xread({stream: last_id}, count=500, block=READ_BLOCK_MS)
+            found = self.client.xread({stream: last_id}, count=500, block=self.block_ms)
             entries = found[0][1] if found else []
             for entry_id, fields in entries:
                 last_id = entry_id

@@ -163,6 +163,7 @@ def healthz():
     svc = service()
     body = {"status": "ok", **svc.relay.health(), "rate_limit": storage_health(svc.budget),
             "shared": shared_health(svc), "resume": resume_health(svc)}
-    if body["rules"]["error"] or not body["rate_limit"]["healthy"] or not body["shared"]["healthy"]:
+    if (body["rules"]["error"] or not body["rate_limit"]["healthy"] or not body["shared"]["healthy"]
+            or not body["resume"].get("healthy", True)):
         body["status"] = "degraded"
     return jsonify(body)
