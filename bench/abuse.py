@@ -29,7 +29,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.benchmark import HOST, Service, free_port, get_json, message, ms, percentile, ratio, wait_tcp
+from bench.benchmark import HOST, Service, free_port, get_json, message, ms, percentile, ratio, settled, wait_tcp
 from bench.loadgen import build_request, concurrent_streams, looping_clients, one_stream
 
 SHORT_REPLY = {"tokens": 5, "interval_ms": 20, "first_token_ms": 50}
@@ -71,15 +71,7 @@ def client_connections(pid: int, port: int, remote: bool = False) -> int:
 
 def settled_fds(pid: int, expected: int | None, seconds: float = 10) -> int:
     """Return ``pid``'s open file descriptors once the count is stable and at most ``expected``."""
-    deadline = time.monotonic() + seconds
-    count = open_fds(pid)
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        again = open_fds(pid)
-        if again == count and (expected is None or again <= expected):
-            break
-        count = again
-    return count
+    return settled(lambda: open_fds(pid), expected, seconds, every=0.2)
 
 
 def wait_until(check, seconds: float) -> float | None:

@@ -111,15 +111,20 @@ def settled_sockets(pid: int, expected: int | None, seconds: float = 5) -> int:
     The last health check's connection may still be closing on the worker's side: look again,
     a bounded number of times, before calling what is left a leak.
     """
+    return settled(lambda: open_sockets(pid), expected, seconds, every=0.1)
+
+
+def settled(count, expected: int | None, seconds: float, every: float) -> int:
+    """Return ``count()`` once it stops changing and is at most ``expected``, looking for ``seconds`` at most."""
     deadline = time.monotonic() + seconds
-    count = open_sockets(pid)
+    value = count()
     while time.monotonic() < deadline:
-        time.sleep(0.1)
-        again = open_sockets(pid)
-        if again == count and (expected is None or again <= expected):
+        time.sleep(every)
+        again = count()
+        if again == value and (expected is None or again <= expected):
             break
-        count = again
-    return count
+        value = again
+    return value
 
 
 def wait_tcp(port: int, seconds: float = 30) -> None:

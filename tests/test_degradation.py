@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -256,11 +257,17 @@ def test_rules_hot_reload_in_every_worker(log_dir, tmp_path):
         def answer(text="What is your pricing?"):
             return request(server.url, "POST", "/api/chat", chat_body(text))[2].decode()
 
+        def answers(count=32):
+            # Many at once, so that both workers answer some: one at a time, one worker may take them all
+            # (and the other, never having seen the second version, rightly keeps the first).
+            with ThreadPoolExecutor(8) as pool:
+                return list(pool.map(lambda _: answer(), range(count)))
+
         assert "pricing page" in answer()
         rewrite(rules, rules.read_text().replace("Our pricing is on the pricing page.", "Plans start at 9 EUR."))
-        assert all("Plans start at 9 EUR." in answer() for _ in range(8))  # both workers see it
+        assert all("Plans start at 9 EUR." in a for a in answers())  # both workers see it
         rewrite(rules, rules.read_text() + "\n  - name: broken\n    patterns: ['(unclosed']\n    replies: [x]\n")
-        answers = [answer() for _ in range(8)]
+        answers = answers()
         assert all("Plans start at 9 EUR." in a for a in answers), answers  # the last good rules stay
         health = json.loads(request(server.url, "GET", "/healthz")[2])
         assert health["status"] == "degraded"

@@ -60,6 +60,7 @@ def test_every_reply_can_be_read_again_whole_or_from_a_byte(resumable):
     ("/api/chat/streams/{id}?offset=99999", 400, "invalid_offset"),
     ("/api/chat/streams/{id}?offset=-1", 400, "invalid_offset"),
     ("/api/chat/streams/{id}?offset=x", 400, "invalid_offset"),
+    ("/api/chat/streams/{id}?offset=%C2%B2", 400, "invalid_offset"),  # "²": a digit to str.isdigit
     ("/api/chat/streams/nope", 404, "unknown_stream"),
     ("/api/chat/streams/nope/status", 404, "unknown_stream"),
 ])

@@ -23,6 +23,10 @@ from .streaming import plain_text, reply_response
 bp = Blueprint("chat", __name__)
 
 
+def _unknown_stream() -> InvalidRequest:
+    return InvalidRequest(404, "unknown_stream", "No reply with this id: it never was, or it expired.")
+
+
 def _streams():
     streams = service().streams
     if streams is None:  # RESUME_TTL=0: nothing is recorded, so no id is known
@@ -31,12 +35,14 @@ def _streams():
 
 
 def _reading_records(view):
-    """Answer 503 when the stream records' Redis is away (the chat itself keeps answering, without ids)."""
+    """Answer 404 for an unknown id, and 503 while the records' Redis is away (the chat keeps answering)."""
 
     @functools.wraps(view)
     def reading(*args, **kwargs):
         try:
             return view(*args, **kwargs)
+        except UnknownStream:
+            raise _unknown_stream() from None
         except ERRORS:
             return error_response(503, "records_unavailable", "Replies cannot be read again right now; try again soon.")
 
@@ -79,12 +85,10 @@ def chat():
 def resume(stream_id: str):
     """Stream a reply again from byte ``offset`` (default 0) of its body, then live until it ends."""
     raw = request.args.get("offset", "0")
-    if not raw.isdigit() or len(raw) > 15:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:  # "²".isdigit() is true too
         raise InvalidRequest(400, "invalid_offset", "offset must be a whole number of bytes, 0 or more.")
     try:
         return replay_response(_streams(), stream_id, int(raw))
-    except UnknownStream:
-        raise InvalidRequest(404, "unknown_stream", "No reply with this id: it never was, or it expired.") from None
     except BadOffset as exc:
         raise InvalidRequest(400, "invalid_offset", f"{str(exc).capitalize()}.") from None
 
@@ -93,10 +97,7 @@ def resume(stream_id: str):
 @_reading_records
 def stream_status(stream_id: str):
     """Say whether a reply is still streaming, how it ended, and how many bytes it has."""
-    try:
-        info = _streams().info(stream_id)
-    except UnknownStream:
-        raise InvalidRequest(404, "unknown_stream", "No reply with this id: it never was, or it expired.") from None
+    info = _streams().info(stream_id)
     body = {"state": info.state, "bytes": info.bytes, "mode": info.headers.get("X-Terminal-Mode")}
     if info.cut_reason:
         body["reason"] = info.cut_reason
@@ -108,10 +109,7 @@ def stream_status(stream_id: str):
 @_reading_records
 def stop(stream_id: str):
     """Stop a reply wherever it streams: it ends as ``stopped``; a finished one stays as it ended."""
-    try:
-        before = _streams().stop(stream_id)
-    except UnknownStream:
-        raise InvalidRequest(404, "unknown_stream", "No reply with this id: it never was, or it expired.") from None
+    before = _streams().stop(stream_id)
     return jsonify({"state": before, "stopping": before == "streaming"}), 202
 
 
