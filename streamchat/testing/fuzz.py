@@ -66,7 +66,9 @@ RAW_BYTES = st.binary(max_size=40)
 def raw_requests(draw) -> bytes:
     """A whole HTTP/1.1 request, with any of its parts malformed: line, method, path, headers, chunked framing."""
     method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH"]) | TOKEN)
-    path = draw(st.sampled_from(["/api/chat", "/healthz", "/", "/static/chat.js", "/api/chat?x=1"])
+    path = draw(st.sampled_from(["/api/chat", "/healthz", "/", "/static/chat.js", "/api/chat?x=1",
+                                 "/api/chat/streams/x", "/api/chat/streams/x/status", "/api/chat/streams/x/stop"])
+                | st.text(alphabet="0123456789-+%CB2x. ", max_size=12).map(lambda o: "/api/chat/streams/x?offset=" + o)
                 | st.text(alphabet="/%0123456789abcdefABCDEF.?=&#;:@~", max_size=40).map(lambda p: "/" + p))
     version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1 ", "", "HTTP/9.9"]))
     line = f"{method} {path} {version}".encode("utf-8", "replace")
