@@ -520,8 +520,10 @@ def main() -> None:
     parser.add_argument("--abuse", action="store_true",
                         help="run the soak, abuse and two-instance scenarios (about 16 minutes)")
     parser.add_argument("--before", metavar="REV", help="also run REV's service in turn, in soak and counting")
-    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--out", help="the report (default BENCHMARKS.md; with --quick bench/logs/QUICK.md, so a "
+                                      "smoke run never replaces the recorded figures)")
     args = parser.parse_args()
+    args.out = args.out or str(ROOT / ("bench/logs/QUICK.md" if args.quick else "BENCHMARKS.md"))
     logs = ROOT / "bench" / "logs"
     logs.mkdir(exist_ok=True)
     cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

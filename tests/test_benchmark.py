@@ -58,3 +58,12 @@ def test_abuse_scenarios_leave_nothing_open(tmp_path):
     assert heads["slow_open_when_normal_started"] == heads["slow_clients"]
     assert heads["slow_connections_cut_by_worker"] >= heads["slow_clients"]  # each cut once at least
     assert heads["attacked_ttfb_errors"] == 0 and heads["idle_ttfb_errors"] == 0
+
+
+def test_a_quick_run_never_replaces_the_recorded_figures():
+    recorded = (ROOT / "BENCHMARKS.md").read_bytes(), (ROOT / "BENCHMARKS.json").read_bytes()
+    result = subprocess.run([str(ROOT / "bench" / "run"), "--quick", "--only", "fallback"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ((ROOT / "BENCHMARKS.md").read_bytes(), (ROOT / "BENCHMARKS.json").read_bytes()) == recorded
+    assert json.loads((ROOT / "bench" / "logs" / "QUICK.json").read_text())["fallback"]["completed"] == 200

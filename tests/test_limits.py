@@ -26,6 +26,7 @@ def test_over_the_limit_is_a_429_with_retry_after_and_json(log_dir):
         first = chat(server)
         assert first[0] == 200
         assert first[1]["X-RateLimit-Limit"] == "2" and first[1]["X-RateLimit-Remaining"] == "1"
+        assert "Retry-After" not in first[1]  # it says "wait": on a 429 only
         assert chat(server)[0] == 200
         status, headers, body = chat(server)
         assert status == 429

@@ -30,6 +30,10 @@ def init_app(app: Flask, settings: Settings) -> None:
         # One pass over the response's headers instead of a lookup per name (9.5 -> 3 us a response):
         # every default goes in unless the view set its own.
         present = {name.lower() for name, _ in headers}
+        if "retry-after" in present and response.status_code not in (429, 503):
+            # flask-limiter writes Retry-After on every limited response; it only means "wait" on these.
+            # (Registered before the limiter's hook, this one runs after it.)
+            del headers["Retry-After"]
         defaults = PAGE_HEADERS if response.mimetype == "text/html" else API_HEADERS
         headers.extend([item for item in defaults if item[0].lower() not in present])
         origin = request.headers.get("Origin") if origins else None
