@@ -14,7 +14,7 @@ from streamchat.config import SETTINGS, load_settings, no_provider_hint
 from streamchat.domain.breaker import CircuitBreaker
 from streamchat.domain.providers import Provider, build_chain
 from streamchat.domain.relay import Relay
-from streamchat.domain.rules import RulesStore, check_file
+from streamchat.domain.rules import SAMPLE_NOTE, RulesStore, check_file
 from streamchat.redaction import remember_secrets
 from streamchat.shared import redis as shared_redis
 from streamchat.shared.breaker import SharedBreaker
@@ -84,6 +84,9 @@ def _log_rules_reload(store: RulesStore) -> None:
         log.error("rules file invalid, keeping the last good rules: %s", store.error)
     else:
         log.info("rules loaded from %s", store.path)
+        rules = store.in_force
+        if rules is not None and rules.sample:
+            log.warning("%s: %s", store.path, SAMPLE_NOTE)
 
 
 @click.group("rules")

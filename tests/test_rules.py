@@ -5,6 +5,7 @@ import textwrap
 
 import pytest
 
+from servers import REPO
 from streamchat.domain.rules import RulesError, RulesStore, load_rules, normalize, parse_rules
 
 RULES = textwrap.dedent("""\
@@ -158,3 +159,18 @@ def test_cli_check(runner, tmp_path):
     result = runner.invoke(args=["rules", "check", str(bad)])
     assert result.exit_code == 1
     assert f"{bad}:6:" in result.output and "regular expression" in result.output
+
+
+def test_the_shipped_sample_rules_are_said_to_be_in_use_until_edited(tmp_path, caplog):
+    import logging
+
+    from app import create_app
+
+    with caplog.at_level(logging.WARNING, "streamchat"):
+        sample = create_app({"RULES_PATH": str(REPO / "rules.yaml")}).test_client().get("/healthz").get_json()
+    assert "shipped sample rules are in use" in sample["rules"]["sample"] and sample["status"] == "ok"
+    assert any("shipped sample rules are in use" in r.getMessage() for r in caplog.records)
+    own = tmp_path / "rules.yaml"
+    own.write_text((REPO / "rules.yaml").read_text().replace("(Site owner: edit", "(edited:"))
+    health = create_app({"RULES_PATH": str(own)}).test_client().get("/healthz").get_json()
+    assert "sample" not in health["rules"]

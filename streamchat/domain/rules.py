@@ -37,6 +37,8 @@ import yaml
 
 SCOPES = ("latest", "conversation")
 _NEVER = object()
+#: In the shipped rules.yaml's placeholder replies: while one is there, visitors see the sample.
+SAMPLE_MARK = "(Site owner: edit"
 RULE_KEYS = {"name", "keywords", "patterns", "priority", "scope", "replies"}
 
 
@@ -92,6 +94,11 @@ class Rule:
 class Rules:
     rules: list[Rule]
     default: Rule
+
+    @property
+    def sample(self) -> bool:
+        """Whether these are still the shipped sample rules: a reply carries its placeholder for the site owner."""
+        return any(SAMPLE_MARK in reply for rule in (*self.rules, self.default) for reply in rule.replies)
 
     def reply(self, messages: list[dict[str, str]]) -> tuple[str, str]:
         """Return ``(rule name, reply)`` for a conversation whose last message is the user's."""
@@ -232,6 +239,10 @@ def load_rules(path: str) -> Rules:
     return parse_rules(text, path)
 
 
+SAMPLE_NOTE = ("the shipped sample rules are in use: visitors get replies that say \"Site owner: edit...\"; "
+               "put your own answers in the rules file (it reloads without a restart)")
+
+
 class RulesStore:
     """The rules in force, reloaded when the file changes, keeping the last good ones on error."""
 
@@ -259,6 +270,11 @@ class RulesStore:
                     self._reload(signature)
         return self._rules
 
+    @property
+    def in_force(self) -> Rules | None:
+        """The rules in force, without looking at the file (``on_reload`` callbacks use this)."""
+        return self._rules
+
     def _reload(self, signature: tuple | None) -> None:
         self.loaded_at_signature = signature
         try:
@@ -270,9 +286,13 @@ class RulesStore:
 
     def health(self) -> dict[str, Any]:
         """Return the file, whether rules are loaded, and what is wrong with the file (None when nothing)."""
-        loaded = self.current() is not None  # also picks up an edit made since the last request
+        rules = self.current()  # also picks up an edit made since the last request
         error = self.error
-        return {"path": self.path, "loaded": loaded, "error": [str(p) for p in error.problems] if error else None}
+        health = {"path": self.path, "loaded": rules is not None,
+                  "error": [str(p) for p in error.problems] if error else None}
+        if rules is not None and rules.sample:
+            health["sample"] = SAMPLE_NOTE
+        return health
 
     def reply(self, messages: list[dict[str, str]]) -> tuple[str, str]:
         """Return ``(rule name, reply)``; a built-in apology if no valid rules were ever loaded."""
