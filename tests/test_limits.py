@@ -187,3 +187,16 @@ def test_security_headers_on_every_response(live):
         assert headers["X-Content-Type-Options"] == "nosniff", path
         assert headers["Referrer-Policy"] == "same-origin", path
         assert "default-src 'none'" in headers["Content-Security-Policy"], path
+
+
+def test_an_untrusted_forwarded_for_is_said_once_and_the_access_line_names_the_client(log_dir):
+    with Gunicorn(log_dir) as server:
+        for n in range(3):
+            chat(server, {"X-Forwarded-For": f"203.0.113.{n}"})
+        request(server.url, "GET", "/healthz")
+        assert eventually(lambda: server.log().count("X-Forwarded-For but TRUSTED_PROXIES is 0") == 1)
+        assert all(" client=127.0.0.1 " in line for line in server.access_lines())
+    with Gunicorn(log_dir, TRUSTED_PROXIES="1") as server:
+        chat(server, {"X-Forwarded-For": "203.0.113.9"})
+        assert eventually(lambda: " client=203.0.113.9 " in server.log())
+        assert "TRUSTED_PROXIES is 0" not in server.log()

@@ -26,6 +26,7 @@ from flask import Flask, g, request
 
 from ..domain.relay import ReplyRecord
 from ..redaction import one_line, redact
+from .service import service
 
 log = logging.getLogger("streamchat")
 access_log = logging.getLogger("streamchat.access")
@@ -77,7 +78,7 @@ def request_started() -> float:
 def request_tags(user_text: str | None) -> dict[str, Any]:
     """Return this request's fields for its reply's record: what the access line shows besides the reply."""
     tags: dict[str, Any] = {"request_id": g.get("request_id", "-"), "method": request.method, "path": request.path,
-                            "status": 200}
+                            "status": 200, "client": request.remote_addr or "-"}
     if user_text is not None:
         # Only what the log line shows: the whole message would stay in memory while the reply streams.
         tags["user_text"] = user_text[:LOGGED_USER_TEXT_CHARS]
@@ -88,13 +89,28 @@ def _start_request() -> None:
     g.started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
     g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    if not _forwarding_seen and "X-Forwarded-For" in request.headers:
+        _warn_untrusted_forwarding()
+
+
+_forwarding_seen = False  # once per process: the first X-Forwarded-For decides whether to warn
+
+
+def _warn_untrusted_forwarding() -> None:
+    # Behind a proxy with TRUSTED_PROXIES unset every visitor is the proxy: one rate-limit bucket for all.
+    global _forwarding_seen
+    _forwarding_seen = True
+    if not service().settings.trusted_proxies:
+        log.warning("requests carry X-Forwarded-For but TRUSTED_PROXIES is 0, so the client is the peer address "
+                    "(%s): behind a proxy every visitor shares one rate limit. Set TRUSTED_PROXIES to the number "
+                    "of proxies in front (Heroku: 1). Said once.", request.remote_addr)
 
 
 def _finish_request(response):
     response.headers["X-Request-Id"] = g.get("request_id", "-")
     if g.get("reply_record") is None:  # a streamed reply is logged by log_reply when it closes
         fields = {"request_id": g.get("request_id", "-"), "method": request.method, "path": request.path,
-                  "status": response.status_code}
+                  "status": response.status_code, "client": request.remote_addr or "-"}
         started = g.get("started", time.perf_counter())
         response.call_on_close(lambda: _write_line(fields, started))
     return response
@@ -121,7 +137,7 @@ def log_reply(record: ReplyRecord) -> None:
     if "request_id" not in tags:
         return  # not a web request's reply
     started, first, now = record.started, record.first_byte_at, record.ended_at or time.perf_counter()
-    line = {key: tags[key] for key in ("request_id", "method", "path", "status")}
+    line = {key: tags.get(key, "-") for key in ("request_id", "method", "path", "status", "client")}
     line.update(mode=record.mode, provider=record.provider, model=record.model or "-",
                 reason=record.reason or record.cut_reason or "-",
                 ttfb_ms=f"{(first - started) * 1000:.1f}" if first else "-",
