@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 from flask import Response, stream_with_context
 
-from ..domain.relay import CLIENT_GONE, COMPLETE, CUT_SHORT, OPEN, STOPPED, Reply
+from ..domain.relay import CLIENT_GONE, COMPLETE, OPEN, STOPPED, Reply
 from ..errors import ReplyStopped
 from ..server.disconnect import interrupter
 from ..shared import streams as records
@@ -38,8 +38,8 @@ from .streaming import CUT_SHORT_NOTICE, STREAM_HEADERS, StreamingResponse, repl
 
 log = logging.getLogger("streamchat")
 
-STATE_OF_ENDING = {COMPLETE: records.COMPLETE, CUT_SHORT: records.CUT_SHORT, STOPPED: records.STOPPED,
-                   CLIENT_GONE: records.CUT_SHORT, OPEN: records.CUT_SHORT}
+#: A record's end state for a reply's ending; any other ending (a client gone with nobody back) is cut short.
+STATE_OF_ENDING = {COMPLETE: records.COMPLETE, STOPPED: records.STOPPED}
 GRACE_CHECK = 0.5  # seconds between looks for a reader while a reply goes on with no client
 
 
@@ -106,9 +106,8 @@ class RecordedReply:
                 if self.stopping:
                     raise ReplyStopped()
             self.finished = True
-        except ReplyStopped:  # between two chunks, or while the client's write waited
-            self.reply.record.ended = STOPPED
-            self.finished = True
+        except ReplyStopped:  # seen between two chunks: _end records it as stopped
+            pass
         finally:
             self._interrupt = None  # this greenlet goes back to the server now: never interrupt it there
             if self.finished or self.grace <= 0 or self.stopping:
@@ -137,8 +136,8 @@ class RecordedReply:
                         self.reply.record.ended = CLIENT_GONE
                         return
             self.finished = True
-        except ReplyStopped:
-            self.reply.record.ended = STOPPED
+        except ReplyStopped:  # _end records it as stopped
+            pass
         except Exception:
             log.exception("reply %s failed while no client was attached", self.stream_id[:8])
         finally:
@@ -154,7 +153,7 @@ class RecordedReply:
     def _end(self) -> None:
         self._interrupt = None
         if self.stopping and self.reply.record.ended == OPEN:
-            self.reply.record.ended = STOPPED  # stopped while the client's write waited
+            self.reply.record.ended = STOPPED  # stopped between two chunks, or while the client's write waited
         try:
             close = getattr(self.framed, "close", None)
             if close is not None:
