@@ -7,14 +7,13 @@ import os
 from urllib.parse import urlsplit
 from typing import Mapping, Sequence
 
-import click
 from flask import Flask
 
 from streamchat.config import SETTINGS, load_settings, no_provider_hint
 from streamchat.domain.breaker import CircuitBreaker
 from streamchat.domain.providers import Provider, build_chain
 from streamchat.domain.relay import Relay
-from streamchat.domain.rules import SAMPLE_NOTE, RulesStore, check_file
+from streamchat.domain.rules import SAMPLE_NOTE, RulesStore
 from streamchat.redaction import remember_secrets
 from streamchat.shared import redis as shared_redis
 from streamchat.shared.breaker import SharedBreaker
@@ -55,7 +54,6 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     headers.init_app(app, settings)
     limits.init_app(app, settings)
     errors.init_app(app)
-    app.cli.add_command(rules_cli)
     return app
 
 
@@ -88,19 +86,3 @@ def _log_rules_reload(store: RulesStore) -> None:
         if rules is not None and rules.sample:
             log.warning("%s: %s", store.path, SAMPLE_NOTE)
 
-
-@click.group("rules")
-def rules_cli() -> None:
-    """Work with the keyword rules file."""
-
-
-@rules_cli.command("check")
-@click.argument("path", required=False)
-def rules_check(path: str | None) -> None:
-    """Validate a rules file (default: RULES_PATH) and print each problem with its line."""
-    path = path or os.environ.get("RULES_PATH", "rules.yaml")
-    ok, lines = check_file(path)
-    for line in lines:
-        click.echo(line, err=not ok)
-    if not ok:
-        raise SystemExit(1)

@@ -23,6 +23,13 @@ from dotenv import load_dotenv  # noqa: E402
 if os.environ.get("ENV_FILE", ".env"):
     load_dotenv(os.environ.get("ENV_FILE", ".env"), override=False)
 
-from app import create_app  # noqa: E402
+import sys  # noqa: E402
 
-app = create_app()
+from app import create_app  # noqa: E402
+from streamchat.config import ConfigError  # noqa: E402
+
+try:
+    app = create_app()
+except ConfigError as exc:  # streamchat.server.serve checks first; this is for a plain `gunicorn wsgi:app`
+    print(f"streamchat: configuration error: {exc}", file=sys.stderr)
+    raise SystemExit(4) from None  # gunicorn's "App failed to load": the master stops, no restart loop

@@ -25,7 +25,7 @@ apt_install() {  # apt_install PACKAGE... : install the ones that are missing
 }
 
 ensure_venv() {  # ensure_venv REQUIREMENTS_FILE : a venv with exactly these pins installed
-  local requirements="$1" stamp="$VENV/.installed"
+  local requirements="$1" stamp="$VENV/.installed-${1%.txt}"  # one per file: ./run and ./run-tests do not undo each other
   if [ ! -x "$VENV/bin/python" ]; then
     if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
       rm -rf "$VENV"

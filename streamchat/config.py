@@ -40,29 +40,43 @@ def _api_key(raw: str) -> str:
     return raw
 
 
+def _number(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("is not a number") from None
+
+
+def _whole_number(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("is not a whole number") from None
+
+
 def _seconds(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw)
     if not math.isfinite(value) or value <= 0:
         raise ValueError("must be a positive number of seconds")
     return value
 
 
 def _non_negative_seconds(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw)
     if not math.isfinite(value) or value < 0:
         raise ValueError("must be zero or a positive number of seconds")
     return value
 
 
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _whole_number(raw)
     if value <= 0:
         raise ValueError("must be a positive whole number")
     return value
 
 
 def _non_negative_int(raw: str) -> int:
-    value = int(raw)
+    value = _whole_number(raw)
     if value < 0:
         raise ValueError("must be zero or a positive whole number")
     return value
@@ -71,7 +85,7 @@ def _non_negative_int(raw: str) -> int:
 def _temperature(raw: str) -> float | None:
     if raw == "":
         return None
-    value = float(raw)
+    value = _number(raw)
     if not 0 <= value <= 2:
         raise ValueError("must be between 0 and 2")
     return value
@@ -130,6 +144,27 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _port(raw: str) -> int:
+    value = _whole_number(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a port number, 1-65535")
+    return value
+
+
+def _host(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.:\[\]_-]+", raw):
+        raise ValueError("must be an IP address or a host name")
+    return raw
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return raw.lower()
+    return parse
+
+
 @dataclass(frozen=True)
 class Setting:
     env: str
@@ -137,16 +172,22 @@ class Setting:
     default: str | None
     doc: str
     secret: bool = False
+    example: str = ""  # a valid value for the error message, when the default is none
 
     @property
     def attr(self) -> str:
         return self.env.lower()
 
+    def example_line(self) -> str:
+        """Return a valid assignment to show beside an error, e.g. ``CHAT_MAX_MESSAGES=50``."""
+        return f"{self.env}={self.example or self.default or ''}"
+
 
 def _provider_settings(cls) -> tuple[Setting, ...]:
     """Return the settings a provider class declares: its key, base URL and model."""
     return (
-        Setting(cls.key_env_var, _api_key, "", f"Key for {cls.title}.", secret=True),
+        Setting(cls.key_env_var, _api_key, "", f"Key for {cls.title}.", secret=True,
+                example="the-key-as-issued"),
         Setting(cls.base_url_env_var, _url, cls.default_base_url, cls.base_url_doc or f"Base URL of {cls.title}."),
         Setting(cls.model_env_var, _text, cls.default_model, f"Model name sent to {cls.title}."),
     )
@@ -156,11 +197,13 @@ SETTINGS: tuple[Setting, ...] = (
     *(setting for cls in PROVIDERS for setting in _provider_settings(cls)),
     Setting("LLM_PROVIDERS", _provider_list, None,
             f"Comma-separated order of providers to try, e.g. `{','.join(reversed(PROVIDER_CLASSES))}`. "
-            f"Default: every configured provider, in the order {', '.join(PROVIDER_CLASSES)}."),
-    Setting("SYSTEM_PROMPT", _text, "", "The system prompt (the client can never send one)."),
-    Setting("SYSTEM_PROMPT_FILE", _text, "", "Read the system prompt from this file instead."),
+            f"Default: every configured provider, in the order {', '.join(PROVIDER_CLASSES)}.",
+            example=",".join(PROVIDER_CLASSES)),
+    Setting("SYSTEM_PROMPT", _text, "", "The system prompt (the client can never send one).",
+            example="You are the assistant of Example Shop."),
+    Setting("SYSTEM_PROMPT_FILE", _text, "", "Read the system prompt from this file instead.", example="prompt.txt"),
     Setting("LLM_MAX_TOKENS", _positive_int, "1024", "Maximum tokens per reply."),
-    Setting("LLM_TEMPERATURE", _temperature, "", "Sampling temperature, 0-2; empty for the provider's default."),
+    Setting("LLM_TEMPERATURE", _temperature, "", "Sampling temperature, 0-2; empty for the provider's default.", example="0.7"),
     Setting("LLM_CONNECT_TIMEOUT", _seconds, "5", "Seconds to open the upstream connection."),
     Setting("LLM_FIRST_TOKEN_TIMEOUT", _seconds, "12",
             "Seconds to wait for the first text before falling back (Heroku drops silent requests at 30 s)."),
@@ -187,7 +230,8 @@ SETTINGS: tuple[Setting, ...] = (
             "budget set either, flask-limiter is not run at all)."),
     Setting("REDIS_URL", _redis_url, "",
             "The one Redis every worker and instance shares (`redis://` or `rediss://`): rate limits, budgets and "
-            "the circuit breaker. Empty: each worker process keeps its own."),
+            "the circuit breaker. Empty: each worker process keeps its own.",
+            example="redis://localhost:6379/0"),
     Setting("REDIS_TIMEOUT", _seconds, "0.5",
             "Seconds any Redis call may take; past it the worker carries on without Redis (and says so in `/healthz`)."),
     Setting("RESUME_TTL", _non_negative_seconds, "600",
@@ -198,14 +242,33 @@ SETTINGS: tuple[Setting, ...] = (
             "back; `0` closes the upstream at once."),
     Setting("RATELIMIT_STORAGE_URI", _text, "",
             "Where rate limits and budgets count, if not in `REDIS_URL`: `memory://` counts per worker process; "
-            "`redis://host:6379` shares counts across workers and machines. Default: `REDIS_URL`, else `memory://`."),
+            "`redis://host:6379` shares counts across workers and machines. Default: `REDIS_URL`, else `memory://`.",
+            example="memory://"),
     Setting("LLM_BUDGET_PER_CLIENT", _budget, "",
-            "Soft per-client budget of live-model replies, e.g. `50/day`; above it the rules answer."),
-    Setting("LLM_BUDGET_GLOBAL", _budget, "", "Soft budget of live-model replies for the whole service, e.g. `5000/day`."),
+            "Soft per-client budget of live-model replies, e.g. `50/day`; above it the rules answer.", example="50/day"),
+    Setting("LLM_BUDGET_GLOBAL", _budget, "", "Soft budget of live-model replies for the whole service, e.g. `5000/day`.",
+            example="5000/day"),
     Setting("TRUSTED_PROXIES", _non_negative_int, "0",
             "Number of proxies in front of the app whose `X-Forwarded-For` is trusted (Heroku: 1)."),
-    Setting("CORS_ORIGINS", _origins, "", "Comma-separated origins allowed to call the API from a browser."),
+    Setting("CORS_ORIGINS", _origins, "", "Comma-separated origins allowed to call the API from a browser.",
+            example="https://example.com"),
     Setting("LOG_USER_TEXT", _flag, "false", "Log the user's last message (debugging only)."),
+    Setting("LOG_FORMAT", _one_of("text", "json"), "text",
+            "`text`: one readable `key=value` line per request; `json`: one JSON object per line, same fields."),
+    Setting("METRICS_TOKEN", _api_key, "",
+            "Turns on `GET /metrics` (Prometheus), which then needs `Authorization: Bearer <this token>`.",
+            secret=True, example="a-long-random-string"),
+    # Read by gunicorn.conf.py (and checked by streamchat.server.serve before gunicorn starts).
+    Setting("HOST", _host, "0.0.0.0", "Address the server listens on (`./run` uses `127.0.0.1`)."),
+    Setting("PORT", _port, "8000", "Port the server listens on (Heroku sets it)."),
+    Setting("WEB_CONCURRENCY", _positive_int, "1",
+            "Worker processes; each holds thousands of streams. Heroku sets it from the dyno size."),
+    Setting("WORKER_CONNECTIONS", _positive_int, "10000", "Connections one worker holds at most."),
+    Setting("DRAIN_SECONDS", _seconds, "20",
+            "On SIGTERM, seconds open replies may take to finish; then they end with a restarting notice. Keep "
+            "it 5 s under the platform's kill (Heroku: 30 s)."),
+    Setting("GUNICORN_LOG_LEVEL", _one_of("debug", "info", "warning", "error", "critical"), "info",
+            "The server's own log level."),
 )
 
 
@@ -244,7 +307,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[setting.attr] = setting.parse(raw.strip())
         except (ValueError, TypeError) as exc:
             shown = "***" if setting.secret else repr(raw)
-            raise ConfigError(f"{setting.env}={shown} is invalid: {exc}") from None
+            raise ConfigError(f"{setting.env}={shown} is invalid: {exc} (for example {setting.example_line()})") from None
 
     if values["system_prompt"] and values["system_prompt_file"]:
         raise ConfigError("Set SYSTEM_PROMPT or SYSTEM_PROMPT_FILE, not both.")

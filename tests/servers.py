@@ -17,7 +17,7 @@ from streamchat.config import SETTINGS
 REPO = Path(__file__).resolve().parent.parent
 
 # Variables a developer's shell may hold that must never reach a test server: every setting.
-REAL_SETTINGS = tuple(setting.env for setting in SETTINGS) + ("WEB_CONCURRENCY", "PORT", "HOST")
+REAL_SETTINGS = tuple(setting.env for setting in SETTINGS) + ("PROMETHEUS_MULTIPROC_DIR",)
 
 
 def free_port() -> int:
@@ -48,7 +48,7 @@ class Gunicorn:
     def start(self) -> "Gunicorn":
         self._log_file = log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--no-control-socket", "wsgi:app"],
+            [sys.executable, "-m", "streamchat.server.serve"],  # what the Procfile runs
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -2,9 +2,13 @@
 
 import gc
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from servers import REPO, clean_env, eventually, free_port, request
 
 CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 
@@ -34,3 +38,51 @@ def test_the_worker_class_is_gevents_worker_with_a_cheaper_client_write():
     worker = load_class(runpy.run_path(str(CONF))["worker_class"])
     assert issubclass(worker, GeventWorker) and worker.handle is not GeventWorker.handle
     assert ClientSocket.sendall is not ClientSocket.__mro__[1].sendall
+
+
+def serve(env_overrides: dict[str, str], tmp_path, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run the launcher as the Procfile does; it is expected to stop by itself."""
+    return subprocess.run([sys.executable, "-m", "streamchat.server.serve"], cwd=REPO, capture_output=True, text=True,
+                          env=clean_env(**env_overrides), timeout=timeout)
+
+
+@pytest.mark.parametrize("variable, value, expected", [
+    ("WEB_CONCURRENCY", "two", "WEB_CONCURRENCY='two' is invalid: is not a whole number (for example WEB_CONCURRENCY=1)"),
+    ("PORT", "80800", "PORT='80800' is invalid: must be a port number, 1-65535 (for example PORT=8000)"),
+    ("DRAIN_SECONDS", "-1", "DRAIN_SECONDS='-1' is invalid: must be a positive number of seconds (for example DRAIN_SECONDS=20)"),
+    ("OPENAI_API_KEY", "sk-\u201cpasted", "OPENAI_API_KEY=*** is invalid"),
+])
+def test_a_bad_setting_is_one_line_without_a_traceback_and_a_non_zero_exit(tmp_path, variable, value, expected):
+    # From a .env file as from the environment: gunicorn's own settings are read from it like every other.
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"{variable}={value}\n")
+    for overrides in ({variable: value}, {"ENV_FILE": str(env_file)}):
+        result = serve(overrides, tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [f"streamchat: configuration error: {expected}"] or (
+            len(result.stderr.splitlines()) == 1 and expected in result.stderr)
+        assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_server_settings_come_from_the_env_file_and_counting_in_memory_with_workers_is_warned(tmp_path):
+    port = free_port()
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"PORT={port}\nWEB_CONCURRENCY=2\nLOG_FORMAT=text\n")
+    process = subprocess.Popen([sys.executable, "-m", "streamchat.server.serve"], cwd=REPO, text=True,
+                               env=clean_env(ENV_FILE=str(env_file)), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert eventually(lambda: _healthy(f"http://127.0.0.1:{port}"), timeout=30)
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=40)
+    warnings = [line for line in output.splitlines() if line.startswith("streamchat: warning:")]
+    assert len(warnings) == 1 and "count in memory, separately in each of the 2 workers" in warnings[0]
+    assert output.count("Booting worker") == 2
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return request(base, "GET", "/healthz", timeout=1)[0] == 200
+    except OSError:
+        return False

@@ -1,6 +1,8 @@
 """The rules responder: matching, choosing, validating, reloading and the CLI."""
 
+import functools
 import os
+import subprocess
 import textwrap
 
 import pytest
@@ -146,30 +148,49 @@ def test_store_without_any_good_rules_still_answers(tmp_path):
     store = RulesStore(str(tmp_path / "missing.yaml"))
     name, text = store.reply([{"role": "user", "content": "hi"}])
     assert name == "builtin" and "offline" in text
-    assert "cannot read" in str(store.error)
+    assert "no such file" in str(store.error)
 
 
-def test_cli_check(runner, tmp_path):
-    good = tmp_path / "good.yaml"
-    good.write_text("default: [x]\nrules:\n  - {name: a, keywords: [x], replies: [ok]}\n")
-    result = runner.invoke(args=["rules", "check", str(good)])
-    assert result.exit_code == 0 and "OK, 1 rules" in result.output
+def header_command() -> list[str]:
+    """The check command rules.yaml's header shows, as its words."""
+    line = next(line for line in (REPO / "rules.yaml").read_text().splitlines() if "Check a file" in line)
+    return line.split(":", 1)[1].split()
+
+
+def test_the_check_command_in_the_rules_header_checks_that_file_only(tmp_path):
+    command = header_command()
+    assert command[-1] == "rules.yaml"
+    # An unrelated bad setting, and a .env with another, are not the rules check's business.
+    env = {**os.environ, "CHAT_MAX_MESSAGES": "lots", "ENV_FILE": ""}
+    run = functools.partial(subprocess.run, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    result = run(command)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("rules.yaml: OK,")
+    assert "rules loaded" not in result.stdout + result.stderr  # nothing but the check's own lines
     bad = tmp_path / "bad.yaml"
     bad.write_text("default: [x]\nrules:\n  - name: a\n    keywords: [x]\n    replies: [ok]\n    patterns: ['(']\n")
-    result = runner.invoke(args=["rules", "check", str(bad)])
-    assert result.exit_code == 1
-    assert f"{bad}:6:" in result.output and "regular expression" in result.output
+    result = run([*command[:-1], str(bad)])
+    assert result.returncode == 1 and f"{bad}:6:" in result.stderr and "regular expression" in result.stderr
+    result = run([*command[:-1], str(tmp_path / "missing.yaml")])
+    assert result.returncode == 1 and result.stderr.strip().endswith("missing.yaml: no such file")
 
 
-def test_the_shipped_sample_rules_are_said_to_be_in_use_until_edited(tmp_path, caplog):
+def test_the_shipped_sample_rules_are_said_to_be_in_use_until_edited(tmp_path):
     import logging
 
     from app import create_app
 
-    with caplog.at_level(logging.WARNING, "streamchat"):
+    # The service's logger does not propagate to the root, where caplog listens: listen on it directly.
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("streamchat").addHandler(handler)
+    try:
         sample = create_app({"RULES_PATH": str(REPO / "rules.yaml")}).test_client().get("/healthz").get_json()
+    finally:
+        logging.getLogger("streamchat").removeHandler(handler)
     assert "shipped sample rules are in use" in sample["rules"]["sample"] and sample["status"] == "ok"
-    assert any("shipped sample rules are in use" in r.getMessage() for r in caplog.records)
+    assert any("shipped sample rules are in use" in r.getMessage() for r in records)
     own = tmp_path / "rules.yaml"
     own.write_text((REPO / "rules.yaml").read_text().replace("(Site owner: edit", "(edited:"))
     health = create_app({"RULES_PATH": str(own)}).test_client().get("/healthz").get_json()

@@ -225,7 +225,8 @@ def check_file(path: str) -> tuple[bool, list[str]]:
     try:
         rules = load_rules(path)
     except RulesError as exc:
-        return False, [f"{path}:{problem.line}:{problem.column}: {problem.message}" for problem in exc.problems]
+        return False, [f"{path}:{problem.line}:{problem.column}: {problem.message}" if problem.line
+                       else f"{path}: {problem.message}" for problem in exc.problems]
     return True, [f"{path}: OK, {len(rules.rules)} rules and {len(rules.default.replies)} default replies"]
 
 
@@ -234,6 +235,8 @@ def load_rules(path: str) -> Rules:
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
+    except FileNotFoundError:
+        raise RulesError(path, [Problem("no such file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError(path, [Problem(f"cannot read the file: {exc}")]) from None
     return parse_rules(text, path)

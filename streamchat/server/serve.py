@@ -1,0 +1,61 @@
+"""Start the service: check every setting, then hand over to gunicorn. What the Procfile and ``./run`` call.
+
+    python -m streamchat.server.serve [gunicorn options]
+
+gunicorn reads ``WEB_CONCURRENCY`` itself as it is imported, before its config
+file runs, so a bad value there was a traceback from inside gunicorn, and a
+bad application setting was one traceback per worker. Here the ``.env`` file
+is read and every setting (the server's too: ``PORT``, ``HOST``,
+``WEB_CONCURRENCY``...) is checked first: a bad one prints one line (which
+variable, what is wrong, a valid example) and exits with status 2. Then this
+process becomes gunicorn (``exec``, same pid: the platform's signals reach
+gunicorn's master directly), with the ``.env`` values in its environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+CONF = Path(__file__).resolve().parents[2] / "gunicorn.conf.py"
+CONFIG_ERROR = 2
+
+
+def read_env_file() -> None:
+    """Add the ``.env`` file's variables to the environment (never over ones already set); ``ENV_FILE=""``: none."""
+    env_file = os.environ.get("ENV_FILE", ".env")
+    if env_file:
+        load_dotenv(env_file, override=False)
+
+
+def start_warnings(settings) -> list[str]:
+    """Return what a site owner should hear about the settings before the first request."""
+    warnings = []
+    counting = settings.chat_rate_limit or settings.llm_budget_per_client or settings.llm_budget_global
+    if counting and settings.web_concurrency > 1 and settings.ratelimit_storage_uri.startswith("memory://"):
+        warnings.append(f"rate limits and budgets count in memory, separately in each of the {settings.web_concurrency} "
+                        f"workers (WEB_CONCURRENCY), so a client gets up to {settings.web_concurrency} times its limit: "
+                        "set REDIS_URL to count them once")
+    return warnings
+
+
+def main(argv: list[str]) -> None:
+    read_env_file()
+    from ..config import ConfigError, load_settings  # after .env: it reads the environment
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"streamchat: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(CONFIG_ERROR) from None
+    for warning in start_warnings(settings):
+        print(f"streamchat: warning: {warning}", file=sys.stderr)
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "--config", str(CONF), *argv, "wsgi:app"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
