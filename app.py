@@ -15,6 +15,7 @@ from streamchat.domain.providers import Provider, build_chain
 from streamchat.domain.relay import Relay
 from streamchat.domain.rules import SAMPLE_NOTE, RulesStore
 from streamchat.redaction import remember_secrets
+from streamchat.server.drain import DRAIN
 from streamchat.shared import redis as shared_redis
 from streamchat.shared.breaker import SharedBreaker
 from streamchat.shared.redis_streams import RedisStreams
@@ -45,8 +46,11 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     shared = shared_redis.connect(settings.redis_url, settings.redis_timeout) if settings.redis_url else None
     relay = Relay(chain, rules, _breaker(settings, shared), settings.fallback_word_delay)
     relay.listeners.append(access.log_reply)
+    streams = _stream_records(settings, shared)
     app.extensions[EXTENSION] = Service(settings=settings, relay=relay, budget=limits.LiveBudget(settings),
-                                        streams=_stream_records(settings, shared))
+                                        streams=streams)
+    if isinstance(streams, RedisStreams):
+        DRAIN.exit_hooks.append(streams.flush)  # the records' last writes, before the worker exits
     log.info("providers: %s", ", ".join(f"{p.name}({p.model})" for p in relay.chain) or no_provider_hint())
 
     app.register_blueprint(bp)

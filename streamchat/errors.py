@@ -17,6 +17,8 @@ and mapped from ``requests``/``urllib3`` exceptions in exactly one place
     ClientDisconnected             not the provider's failure: the client went away (thrown into the
                                    request's greenlet by ``streamchat.server.disconnect``)
     ReplyStopped                   nobody's failure: someone asked to stop the reply (the stop endpoint)
+    ServiceRestarting              nobody's failure: the worker is shutting down and its drain time is up
+                                   (``streamchat.server.drain``); the reply is cut short with a notice
 
 The view never shows these to the user: before the first byte it tries the
 next provider and then the rules responder; after it, the body ends with a
@@ -84,6 +86,10 @@ class ClientDisconnected(Exception):
 
 class ReplyStopped(Exception):
     """The reply was asked to stop (``POST /api/chat/streams/<id>/stop``): it ends here, cleanly."""
+
+
+class ServiceRestarting(Exception):
+    """The worker is restarting and the reply ran past its drain time: it is cut short here, with a notice."""
 
 
 class BadStream(ProviderError):

@@ -86,3 +86,4 @@ def _healthy(base: str) -> bool:
         return request(base, "GET", "/healthz", timeout=1)[0] == 200
     except OSError:
         return False
+

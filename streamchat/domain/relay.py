@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
-from ..errors import ClientDisconnected, ProviderError, ReplyStopped
+from ..errors import ClientDisconnected, ProviderError, ReplyStopped, ServiceRestarting
 from ..redaction import url_without_secrets
 from .breaker import CircuitBreaker
 from .providers import Provider
@@ -37,6 +37,8 @@ OPEN, COMPLETE, CUT_SHORT, CLIENT_GONE, STOPPED = "open", "complete", "cut_short
 INTERNAL_ERROR = "internal_error"
 #: The failure reason of a provider skipped because the circuit breaker is cooling it down.
 COOLING_DOWN = "cooling_down"
+#: The cut_reason of a reply ended because the service restarts (``ServiceRestarting``).
+RESTARTING = "restarting"
 FALLBACK_WORDS_PER_CHUNK = 3
 
 
@@ -47,7 +49,8 @@ class Responder(Protocol):
         """Return ``(rule name, reply text)`` for the conversation."""
 
     def health(self) -> dict[str, Any]:
-        """Return what ``/healthz`` shows of the responder; a non-empty ``"error"`` when it needs attention."""
+        """Return what ``/healthz`` shows of the responder: ``"loaded"`` false if it has no rules at all, a
+        non-empty ``"error"`` when it needs attention."""
 
 
 @dataclass
@@ -115,6 +118,8 @@ class Reply:
             record.ended = CLIENT_GONE
         except ReplyStopped:
             record.ended = STOPPED
+        except ServiceRestarting:
+            record.ended, record.cut_reason = CUT_SHORT, RESTARTING
         except Exception:  # a bug, not the user's fault: end the reply as for a provider failure
             record.ended, record.cut_reason = CUT_SHORT, INTERNAL_ERROR
             log.exception("stream cut short by an unexpected error")

@@ -23,6 +23,10 @@ connection may stay idle for the keep-alive timeout, but from the first byte
 of a request its head must be complete within ``CLIENT_HEADER_TIMEOUT``
 seconds, or the connection is closed (what nginx's ``client_header_timeout`` does).
 
+On SIGTERM the worker drains (``drain.py``): unready at once, idle kept-alive
+connections closed, open replies given ``DRAIN_SECONDS`` and then ended with
+the restarting notice, the exit hooks run before the process ends.
+
 ``gunicorn.conf.py`` names ``StreamingWorker`` as the worker class.
 """
 
@@ -37,12 +41,21 @@ from gevent import socket as gevent_socket
 from gunicorn.workers.ggevent import GeventWorker
 
 from ..config import load_settings
-from ..errors import ClientDisconnected, ReplyStopped
+from ..errors import ClientDisconnected, ReplyStopped, ServiceRestarting
+from .drain import DRAIN
 
 log = logging.getLogger("streamchat")
 
 #: id(ClientSocket) -> what to call when its next bytes arrive (a request head's first byte is awaited).
 _first_byte_waiters: dict[int, Callable[[], None]] = {}
+DRAIN_IDLE = 1.0  # seconds a new connection may idle before its first request while the worker drains
+
+
+def _close_idle_connections() -> None:
+    # Kept-alive connections waiting for their next request would hold the worker until their
+    # keep-alive time (75 s), past any platform's kill: close them now.
+    for waiter in list(_first_byte_waiters.values()):
+        waiter.__self__.expire()
 
 
 class ClientSocket(gevent_socket.socket):
@@ -78,9 +91,10 @@ class ClientSocket(gevent_socket.socket):
         except ClientDisconnected:
             # Seen by the client watch while this write waited: not an error for gunicorn to log.
             raise BrokenPipeError(errno.EPIPE, "the client closed the connection") from None
-        except ReplyStopped:
-            # The reply was stopped while this write waited: end the connection as for a client gone.
-            raise BrokenPipeError(errno.EPIPE, "the reply was stopped") from None
+        except (ReplyStopped, ServiceRestarting):
+            # The reply was stopped, or the drain ended it, while this write waited on a client that reads
+            # nothing: end the connection as for a client gone.
+            raise BrokenPipeError(errno.EPIPE, "the reply was ended while its client read nothing") from None
         finally:
             self.settimeout(previous)
 
@@ -95,12 +109,19 @@ class RequestHeadTimeout:
     def __init__(self, sock: ClientSocket, idle: float, head: float):
         self.sock = sock
         self.head = head
-        self.timeout = gevent.Timeout(idle)
+        self.timeout = gevent.Timeout(min(idle, DRAIN_IDLE) if DRAIN.draining else idle)
+        self.greenlet = gevent.getcurrent()
 
     def __enter__(self) -> "RequestHeadTimeout":
         self.timeout.start()
         _first_byte_waiters[id(self.sock)] = self._first_byte
         return self
+
+    def expire(self) -> None:
+        """End the wait now (the connection closes quietly), if no byte of a request has come yet."""
+        if _first_byte_waiters.get(id(self.sock)) == self._first_byte:
+            timeout = self.timeout
+            gevent.get_hub().loop.run_callback(lambda: self.greenlet.throw(timeout))
 
     def _first_byte(self) -> None:
         self.timeout.close()
@@ -114,16 +135,31 @@ class RequestHeadTimeout:
 
 
 class StreamingWorker(GeventWorker):
-    """gunicorn's gevent worker, writing to its clients through ``ClientSocket`` and bounding request heads."""
+    """gunicorn's gevent worker: ``ClientSocket`` writes, bounded request heads, and a drain on SIGTERM."""
 
     header_timeout = 10.0  # set from CLIENT_HEADER_TIMEOUT by load_wsgi
+    drain_seconds = 20.0  # set from DRAIN_SECONDS by load_wsgi
 
     def load_wsgi(self):
         super().load_wsgi()  # imports wsgi.py, which reads the .env file
         settings = load_settings()
         ClientSocket.send_timeout = settings.client_timeout
         type(self).header_timeout = settings.client_header_timeout
+        type(self).drain_seconds = settings.drain_seconds
         self._clients: dict[object, ClientSocket] = {}  # greenlet -> its connection, for timeout_ctx
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM: gunicorn stops accepting within a second; drain the replies, close the idle connections."""
+        super().handle_exit(sig, frame)
+        if not DRAIN.draining:
+            gevent.spawn(DRAIN.run, self.drain_seconds)
+            gevent.spawn(_close_idle_connections)
+
+    def run(self):
+        try:
+            super().run()  # returns once no connection is left, or gunicorn's graceful timeout is up
+        finally:
+            DRAIN.exit()
 
     def handle(self, listener, client, addr):
         if type(client) is gevent_socket.socket:  # not a TLS socket: those keep their own sendall

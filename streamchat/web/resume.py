@@ -12,7 +12,10 @@ the client and appends each chunk to the stream record as it goes. How it ends:
   no one reads). ``RESUME_GRACE=0`` closes it at once, as before;
 - ``POST /api/chat/streams/<id>/stop``: the producing greenlet is interrupted
   wherever it waits (``server.disconnect.interrupter``) and the reply ends as
-  ``stopped``, with no notice.
+  ``stopped``, with no notice;
+- the worker drains for a restart (``server.drain``) and its time is up: the
+  same interruption ends the reply as cut short by the restart, with its notice,
+  recorded too (a reader that comes back gets it, and can ask again).
 
 A client that leaves is noticed when a write to it fails (the disconnect watch
 would end the upstream read at once, so it is not started while resume is on).
@@ -28,9 +31,10 @@ from typing import Callable, Iterator
 
 from flask import Response, stream_with_context
 
-from ..domain.relay import CLIENT_GONE, COMPLETE, OPEN, STOPPED, Reply
-from ..errors import ReplyStopped
+from ..domain.relay import CLIENT_GONE, COMPLETE, CUT_SHORT, OPEN, RESTARTING, STOPPED, Reply
+from ..errors import ReplyStopped, ServiceRestarting
 from ..server.disconnect import interrupter
+from ..server.drain import DRAIN
 from ..shared import streams as records
 from ..shared.redis import ERRORS
 from ..shared.redis_streams import ProducerGone
@@ -93,15 +97,18 @@ class RecordedReply:
         self.grace = grace
         self.finished = False
         self.stopping = False
+        self.restarting = False
         self._interrupt: Callable | None = None  # see server.disconnect.interrupter
+        self._appending = False  # a record write may wait on Redis: not where a restart may land
         store.producers[stream_id] = self.stop
+        self._drain_key = DRAIN.register(self.restart)
 
     def body(self) -> Iterator[bytes]:
         """The response's body; closing it early (the client left) hands the rest to ``_go_on``."""
         self._interrupt = interrupter()
         try:
             for chunk in self.framed:
-                self.store.append(self.stream_id, chunk)
+                self._append(chunk)
                 yield chunk
                 if self.stopping:
                     raise ReplyStopped()
@@ -110,7 +117,7 @@ class RecordedReply:
             pass
         finally:
             self._interrupt = None  # this greenlet goes back to the server now: never interrupt it there
-            if self.finished or self.grace <= 0 or self.stopping:
+            if self.finished or self.grace <= 0 or self.stopping or self.restarting:
                 self._end()
             else:
                 threading.Thread(target=self._go_on, name=f"reply-{self.stream_id[:8]}", daemon=True).start()
@@ -122,7 +129,7 @@ class RecordedReply:
         next_look = time.monotonic() + GRACE_CHECK
         try:
             for chunk in self.framed:
-                self.store.append(self.stream_id, chunk)
+                self._append(chunk)
                 if self.stopping:
                     raise ReplyStopped()
                 now = time.monotonic()
@@ -143,6 +150,13 @@ class RecordedReply:
         finally:
             self._end()
 
+    def _append(self, chunk: bytes) -> None:
+        self._appending = True
+        try:
+            self.store.append(self.stream_id, chunk)
+        finally:
+            self._appending = False
+
     def stop(self) -> None:
         """End the reply now, from any greenlet: it is recorded as ``stopped``."""
         self.stopping = True
@@ -150,10 +164,23 @@ class RecordedReply:
         if interrupt is not None:
             interrupt(ReplyStopped(), lambda: self._interrupt is interrupt)
 
+    def restart(self, error: ServiceRestarting) -> None:
+        """End the reply for a restart, from the drain: cut short, with its notice where it can still be written."""
+        self.restarting = True
+        interrupt = self._interrupt
+        if interrupt is not None:  # else between its client and its continuation: the drain tries again
+            # Once the reply has ended (its notice on the way) it is left alone: a second throw would cut the notice.
+            interrupt(error, lambda: self._interrupt is interrupt and not self._appending
+                      and self.reply.record.ended == OPEN)
+
     def _end(self) -> None:
         self._interrupt = None
-        if self.stopping and self.reply.record.ended == OPEN:
-            self.reply.record.ended = STOPPED  # stopped between two chunks, or while the client's write waited
+        DRAIN.unregister(self._drain_key)
+        record = self.reply.record
+        if self.stopping and record.ended == OPEN:
+            record.ended = STOPPED  # stopped between two chunks, or while the client's write waited
+        elif self.restarting and record.ended == OPEN:
+            record.ended, record.cut_reason = CUT_SHORT, RESTARTING  # while the client's write waited
         try:
             close = getattr(self.framed, "close", None)
             if close is not None:

@@ -2,8 +2,12 @@
 
 A framer is a generator over a ``Reply``: it writes each piece of text in its
 wire format, counts the bytes in ``reply.record.bytes``, and ends the body as
-the reply ended (for ``text/plain``: a cut-short reply ends with
-``CUT_SHORT_NOTICE``). A second wire format is a second framer.
+the reply ended (for ``text/plain``: a cut-short reply ends with its notice,
+``cut_short_notice()``). A second wire format is a second framer.
+
+While a body streams, the worker's drain (``server.drain``) can end it: the
+error is thrown where the body's greenlet waits, and the reply ends as cut
+short by a restart, with its notice, like any other ending.
 """
 
 from __future__ import annotations
@@ -12,10 +16,18 @@ from typing import Callable, Iterator
 
 from flask import Response, stream_with_context
 
-from ..domain.relay import CUT_SHORT, Reply
+from ..domain.relay import CUT_SHORT, OPEN, RESTARTING, Reply, ReplyRecord
+from ..server.disconnect import interrupter
+from ..server.drain import DRAIN
 
-#: Ends a plain-text reply that broke after text was sent; the chat page looks for it.
+#: Ends a plain-text reply that broke after text was sent; the chat page looks for "[Reply cut short:".
 CUT_SHORT_NOTICE = "\n\n[Reply cut short: the model stopped responding. Please try again.]"
+RESTARTING_NOTICE = "\n\n[Reply cut short: the service is restarting. Please try again.]"
+
+
+def cut_short_notice(cut_reason: str) -> str:
+    """Return the notice that ends a plain-text reply cut short for ``cut_reason``."""
+    return RESTARTING_NOTICE if cut_reason == RESTARTING else CUT_SHORT_NOTICE
 
 STREAM_HEADERS = {
     "Cache-Control": "no-store",
@@ -33,7 +45,7 @@ def plain_text(reply: Reply) -> Iterator[bytes]:
         record.bytes += len(chunk)
         yield chunk
     if record.ended == CUT_SHORT:
-        yield CUT_SHORT_NOTICE.encode()
+        yield cut_short_notice(record.cut_reason).encode()
 
 
 def reply_headers(reply: Reply) -> dict[str, str]:
@@ -49,10 +61,26 @@ def reply_headers(reply: Reply) -> dict[str, str]:
 
 def reply_response(reply: Reply, framer: Callable[[Reply], Iterator[bytes]], content_type: str) -> Response:
     """Return the response streaming ``reply`` through ``framer``; closing it closes the reply."""
-    response = StreamingResponse(stream_with_context(framer(reply)), content_type=content_type,
+    response = StreamingResponse(stream_with_context(_drainable(framer(reply), reply.record)), content_type=content_type,
                                  headers={**STREAM_HEADERS, **reply_headers(reply)})
     response.call_on_close(reply.close)
     return response
+
+
+def _drainable(body: Iterator[bytes], record: ReplyRecord) -> Iterator[bytes]:
+    """Pass ``body`` on, letting the worker's drain end its reply wherever its greenlet waits."""
+    interrupt = interrupter()
+    if interrupt is None:  # not under gevent: nothing drains
+        yield from body
+        return
+    streaming = [True]
+    # Once the reply has ended (its notice on the way) it is left alone: a second throw would cut the notice.
+    key = DRAIN.register(lambda error: interrupt(error, lambda: streaming[0] and record.ended == OPEN))
+    try:
+        yield from body
+    finally:
+        streaming[0] = False
+        DRAIN.unregister(key)
 
 
 class StreamingResponse(Response):

@@ -10,6 +10,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ..domain.relay import ReplyRecord
 from ..domain.validation import InvalidRequest, Limits, parse_chat_request
 from ..server.disconnect import ClientTimeout, MalformedBody, read_body_within, watch_client
+from ..server.drain import DRAIN
 from ..redaction import url_without_secrets
 from .access import request_started, request_tags
 from .limits import limit_chat, storage_health
@@ -153,6 +154,16 @@ def _request_body() -> bytes:
         if request.environ["wsgi.input"].read(1):
             raise RequestEntityTooLarge()
     return body
+
+
+@bp.get("/readyz")
+def readyz():
+    """Say whether a load balancer should send requests here: not while draining, nor with no rules ever loaded."""
+    if DRAIN.draining:
+        return jsonify({"status": "draining"}), 503
+    if not service().relay.rules.health()["loaded"]:
+        return jsonify({"status": "no_rules", "note": "no rules file could be loaded: see /healthz"}), 503
+    return jsonify({"status": "ready"})
 
 
 @bp.get("/healthz")
