@@ -87,3 +87,17 @@ def _healthy(base: str) -> bool:
     except OSError:
         return False
 
+
+def test_gunicorns_master_never_imports_requests_before_the_workers_patch_for_gevent():
+    # The master imports the config file and the worker class; the workers fork from it and only then
+    # patch for gevent. urllib3 imported before that keeps ssl.SSLContext unpatched, so every HTTPS
+    # upstream read would block the whole worker (the tests' upstreams are plain HTTP: they never see it).
+    probe = ("import runpy, sys; from gunicorn.util import load_class; runpy.run_path('gunicorn.conf.py'); "
+             "load_class(runpy.run_path('gunicorn.conf.py')['worker_class']); "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'urllib3', 'requests', 'flask', 'app'}))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_no_worker_warns_that_it_patched_ssl_too_late(live):
+    assert "MonkeyPatchWarning" not in live.log()

@@ -40,7 +40,6 @@ import gevent
 from gevent import socket as gevent_socket
 from gunicorn.workers.ggevent import GeventWorker
 
-from ..config import load_settings
 from ..errors import ClientDisconnected, ReplyStopped, ServiceRestarting
 from .drain import DRAIN
 
@@ -142,6 +141,11 @@ class StreamingWorker(GeventWorker):
 
     def load_wsgi(self):
         super().load_wsgi()  # imports wsgi.py, which reads the .env file
+        # Imported here, in the worker: gunicorn's master imports this module to find the worker class,
+        # and the settings import requests. urllib3 imported before gevent's patching keeps the
+        # unpatched ssl.SSLContext, whose TLS reads would block every stream of the worker.
+        from ..config import load_settings
+
         settings = load_settings()
         ClientSocket.send_timeout = settings.client_timeout
         type(self).header_timeout = settings.client_header_timeout
