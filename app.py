@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from streamchat.shared.breaker import SharedBreaker
 from streamchat.shared.redis_streams import RedisStreams
 from streamchat.shared.streams import MemoryStreams
 from streamchat.web import access, errors, headers, limits
+from streamchat.web.metrics import Metrics, process_metrics
 from streamchat.web.service import EXTENSION, Service
 from streamchat.web.views import bp
 
@@ -33,22 +35,25 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     ``providers`` replaces the chain the settings describe (tests pass in-process fakes).
     """
     settings = load_settings({**os.environ, **(test_config or {})})
-    access.configure_logging()
+    access.configure_logging(settings.log_format)
     remember_secrets(*(getattr(settings, s.attr) for s in SETTINGS if s.secret),  # never in a log line
                      *(urlsplit(url).password or "" for url in (settings.redis_url, settings.ratelimit_storage_uri)))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.chat_max_body_bytes
     app.json.sort_keys = False
 
-    rules = RulesStore(settings.rules_path, on_reload=_log_rules_reload)
+    metrics = process_metrics() if settings.metrics_token else None
+    rules = RulesStore(settings.rules_path, on_reload=functools.partial(_log_rules_reload, metrics=metrics))
     rules.current()
     chain = list(providers) if providers is not None else build_chain(settings)
     shared = shared_redis.connect(settings.redis_url, settings.redis_timeout) if settings.redis_url else None
     relay = Relay(chain, rules, _breaker(settings, shared), settings.fallback_word_delay)
     relay.listeners.append(access.log_reply)
+    if metrics is not None:
+        metrics.watch(relay)
     streams = _stream_records(settings, shared)
     app.extensions[EXTENSION] = Service(settings=settings, relay=relay, budget=limits.LiveBudget(settings),
-                                        streams=streams)
+                                        streams=streams, metrics=metrics)
     if isinstance(streams, RedisStreams):
         DRAIN.exit_hooks.append(streams.flush)  # the records' last writes, before the worker exits
     log.info("providers: %s", ", ".join(f"{p.name}({p.model})" for p in relay.chain) or no_provider_hint())
@@ -81,7 +86,9 @@ def _stream_records(settings, shared) -> MemoryStreams | RedisStreams | None:
                         live_ttl=settings.llm_max_duration + settings.resume_grace + settings.resume_ttl)
 
 
-def _log_rules_reload(store: RulesStore) -> None:
+def _log_rules_reload(store: RulesStore, metrics: Metrics | None) -> None:
+    if metrics is not None:
+        metrics.rules_reloaded(ok=not store.error)
     if store.error:
         log.error("rules file invalid, keeping the last good rules: %s", store.error)
     else:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ class Gunicorn:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
             try:
                 status, _, _ = request(self.url, "GET", "/healthz", timeout=1)
-                if status == 200 and self.log().count("streamchat providers:") >= self.workers:
+                if status == 200 and self.log().count("providers:") >= self.workers:  # each worker, text or JSON logs
                     return self
             except OSError:
                 pass
@@ -143,6 +144,40 @@ def parse_chunked(raw: bytes) -> tuple[bytes, list[bytes], bool]:
         assert rest[size:size + 2] == b"\r\n", "chunk not followed by CRLF"
         rest = rest[size + 2:]
     return head, chunks, False
+
+
+class OpenStream:
+    """A chat request on a bare socket, read to its end in a thread; ``started`` once the first chunk came."""
+
+    def __init__(self, base: str, tag: str, pacing: dict, extra_headers: bytes = b""):
+        host, port = base.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=60)
+        payload = json.dumps(chat_body(f"stream {tag}", id=tag, **pacing)).encode()
+        self.sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n" + extra_headers +
+                          b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
+        self.raw = b""
+        self.started = threading.Event()
+        self.done = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while chunk := self.sock.recv(65536):
+                self.raw += chunk
+                if b"\r\n\r\n" in self.raw and len(self.raw.partition(b"\r\n\r\n")[2]) > 8:
+                    self.started.set()
+                if self.raw.endswith(b"\r\n0\r\n\r\n"):
+                    break
+        except OSError:
+            pass  # closed by close(), or by a server that died
+        finally:
+            self.sock.close()
+            self.done.set()
+
+    def close(self) -> None:
+        """Leave mid-reply, as a reader who closes the tab."""
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.done.wait(10)
 
 
 def eventually(predicate, timeout: float = 10.0):

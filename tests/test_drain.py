@@ -4,43 +4,15 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 
 import pytest
 
-from servers import Gunicorn, chat_body, eventually, parse_chunked, request
+from servers import Gunicorn, OpenStream, eventually, parse_chunked, request
 from streamchat.web.streaming import RESTARTING_NOTICE
 
 DRAIN_SECONDS = 3
 SHORT = {"tokens": 20, "interval_ms": 50, "first_token_ms": 20}  # about 1 s: ends within the drain time
 LONG = {"tokens": 2000, "interval_ms": 50, "first_token_ms": 20}  # about 100 s: still running when it is up
-
-
-class OpenStream:
-    """A chat request on a bare socket, read to its end in a thread; ``started`` once the first chunk came."""
-
-    def __init__(self, base: str, tag: str, pacing: dict):
-        host, port = base.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=60)
-        payload = json.dumps(chat_body(f"drain {tag}", id=tag, **pacing)).encode()
-        self.sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
-        self.raw = b""
-        self.started = threading.Event()
-        self.done = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        try:
-            while chunk := self.sock.recv(65536):
-                self.raw += chunk
-                if b"\r\n\r\n" in self.raw and len(self.raw.partition(b"\r\n\r\n")[2]) > 8:
-                    self.started.set()
-                if self.raw.endswith(b"\r\n0\r\n\r\n"):
-                    break
-        finally:
-            self.sock.close()
-            self.done.set()
 
 
 @pytest.fixture(params=["unrecorded", "recorded-in-redis"])

@@ -28,6 +28,7 @@ from ..errors import ClientDisconnected, ProviderError, ReplyStopped, ServiceRes
 from ..redaction import url_without_secrets
 from .breaker import CircuitBreaker
 from .providers import Provider
+from .usage import estimate_tokens
 
 log = logging.getLogger("streamchat")
 
@@ -67,6 +68,10 @@ class ReplyRecord:
     ended_at: float | None = None
     chunks: int = 0  # pieces of text handed out
     bytes: int = 0  # bytes the framer wrote for them (the notice not included)
+    chars: int = 0  # characters of text handed out
+    input_tokens: int = 0  # of a live reply: what the upstream reported, else estimated (tokens_estimated)
+    output_tokens: int = 0
+    tokens_estimated: bool = False
     ended: str = OPEN
     cut_reason: str = ""  # with cut_short: the X-Terminal-Reason-style slug of what broke
     failures: list[tuple[str, str]] = field(default_factory=list)  # (provider, reason), in chain order
@@ -74,9 +79,17 @@ class ReplyRecord:
 
 
 class OpenStreams:
-    """How many replies are streaming now in this process (for /healthz and leak checks)."""
+    """How many replies are streaming now in this process (for /healthz, metrics and leak checks)."""
 
-    count = 0
+    def __init__(self) -> None:
+        self.count = 0
+        #: Called with the new count when a reply starts or stops streaming (twice a reply, never per chunk).
+        self.observers: list[Callable[[int], None]] = []
+
+    def change(self, by: int) -> None:
+        self.count += by
+        for observer in self.observers:
+            observer(self.count)
 
 
 class Reply:
@@ -102,13 +115,14 @@ class Reply:
 
     def _stream(self) -> Iterator[str]:
         record = self.record
-        self._relay.open_streams.count += 1
+        self._relay.open_streams.change(+1)
         try:
             record.first_byte_at = time.perf_counter()
-            record.chunks = 1
+            record.chunks, record.chars = 1, len(self._first)
             yield self._first
             for text in self._rest:
                 record.chunks += 1
+                record.chars += len(text)
                 yield text
             record.ended = COMPLETE
         except ProviderError as exc:
@@ -124,7 +138,7 @@ class Reply:
             record.ended, record.cut_reason = CUT_SHORT, INTERNAL_ERROR
             log.exception("stream cut short by an unexpected error")
         finally:
-            self._relay.open_streams.count -= 1
+            self._relay.open_streams.change(-1)
             self._release()
 
     def _release(self) -> None:
@@ -154,6 +168,8 @@ class Reply:
             if record.ended == OPEN:
                 record.ended = CLIENT_GONE
             record.ended_at = time.perf_counter()
+            if record.mode == "live" and not record.output_tokens:  # the upstream reported no usage
+                record.output_tokens, record.tokens_estimated = estimate_tokens(record.chars), True
             for listener in self._relay.listeners:
                 try:
                     listener(record)
@@ -215,6 +231,7 @@ class Relay:
                 continue
             self.breaker.record(provider.name, None)
             record.provider, record.model = provider.name, provider.model
+            record.input_tokens = estimate_tokens(sum(len(message["content"]) for message in messages))
             return Reply(record, first, stream, on_close, self)
         # The first failure is the one the site owner configured first: report that one.
         record.mode, record.provider = "fallback", "rules"

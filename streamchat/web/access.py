@@ -1,10 +1,15 @@
 """Request ids, the log's format, and one access-log line per request.
 
-Every line the service logs goes through ``SafeFormatter``: its message is
-kept on one line (control characters escaped) and cleared of secrets
-(``streamchat.redaction``), tracebacks included. In the access line every
-value a client controls is also quoted when it holds anything but visible
-ASCII, so it cannot pass for another field.
+Every line the service logs goes through ``SafeFormatter`` (``LOG_FORMAT=text``,
+the default) or ``SafeJsonFormatter`` (``LOG_FORMAT=json``: one JSON object per
+line, by python-json-logger). Either way the line is cleared of secrets
+(``streamchat.redaction``), tracebacks included, and stays one line: the text
+format escapes control characters, and in the access line quotes every value a
+client controls when it holds anything but visible ASCII, so it cannot pass
+for another field; JSON escapes them itself.
+
+An access line is logged as an ``AccessLine``: its fields, which the text
+format writes as ``key=value`` and the JSON format as the object's keys.
 
 A streamed reply is logged by ``log_reply``, a ``Relay`` listener, when the
 reply closes: its ``ReplyRecord`` carries the request's own fields as tags.
@@ -20,9 +25,11 @@ import re
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 from flask import Flask, g, request
+from pythonjsonlogger.json import JsonFormatter
 
 from ..domain.relay import ReplyRecord
 from ..redaction import one_line, redact
@@ -37,6 +44,18 @@ _PLAIN_VALUE = re.compile(r'[\x21-\x7e]*')
 QUOTED_FIELDS = frozenset({"user_text"})
 
 
+class AccessLine:
+    """One request's access-log fields; as a log message, the ``key=value`` line."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]):
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return " ".join(f"{key}={_value(key, value)}" for key, value in self.fields.items())
+
+
 class SafeFormatter(logging.Formatter):
     """A formatter whose messages stay on one line and whose output never carries a secret."""
 
@@ -48,18 +67,39 @@ class SafeFormatter(logging.Formatter):
         return redact(super().formatException(ei))
 
 
+class SafeJsonFormatter(JsonFormatter):
+    """One JSON object per line: time, level, logger, message, and an access line's fields as keys."""
+
+    def __init__(self) -> None:
+        super().__init__("{asctime}{levelname}{name}{message}", style="{",
+                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
+        if isinstance(record.msg, AccessLine):
+            log_data["message"] = "request"
+            log_data.update(record.msg.fields)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def init_app(app: Flask) -> None:
     """Give every request an id, and log every request that is not a streamed reply when it closes."""
     app.before_request(_start_request)
     app.after_request(_finish_request)
 
 
-def configure_logging() -> None:
+def configure_logging(log_format: str = "text") -> None:
     """Send the service's logs (and flask-limiter's warnings) to stdout, once per process."""
     if getattr(log, "_configured", False):
         return
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(SafeJsonFormatter() if log_format == "json"
+                         else SafeFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -78,7 +118,7 @@ def request_started() -> float:
 def request_tags(user_text: str | None) -> dict[str, Any]:
     """Return this request's fields for its reply's record: what the access line shows besides the reply."""
     tags: dict[str, Any] = {"request_id": g.get("request_id", "-"), "method": request.method, "path": request.path,
-                            "status": 200, "client": request.remote_addr or "-"}
+                            "status": 200, "client": request.remote_addr or "-", "endpoint": _endpoint()}
     if user_text is not None:
         # Only what the log line shows: the whole message would stay in memory while the reply streams.
         tags["user_text"] = user_text[:LOGGED_USER_TEXT_CHARS]
@@ -112,20 +152,31 @@ def _finish_request(response):
         fields = {"request_id": g.get("request_id", "-"), "method": request.method, "path": request.path,
                   "status": response.status_code, "client": request.remote_addr or "-"}
         started = g.get("started", time.perf_counter())
-        response.call_on_close(lambda: _write_line(fields, started))
+        metrics, endpoint = service().metrics, _endpoint()
+        response.call_on_close(lambda: _request_closed(fields, started, metrics, endpoint))
     return response
 
 
-def _write_line(fields: dict[str, Any], started: float) -> None:
-    _log_fields({**fields, "duration_ms": f"{(time.perf_counter() - started) * 1000:.1f}"})
+def _endpoint() -> str:
+    # The route, not the path: a stream id in a path must not become a metrics label of its own.
+    rule = request.url_rule
+    return rule.rule if rule is not None else "unmatched"
 
 
-def _log_fields(fields: dict[str, Any]) -> None:
-    access_log.info(" ".join(f"{key}={value if key in QUOTED_FIELDS else _value(value)}"
-                             for key, value in fields.items()))
+def _request_closed(fields: dict[str, Any], started: float, metrics, endpoint: str) -> None:
+    fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    access_log.info(AccessLine(fields))
+    if metrics is not None:
+        metrics.request_finished(endpoint, fields["status"])
 
 
-def _value(value: Any) -> str:
+def _value(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if key in QUOTED_FIELDS:
+        return repr(value)
     # A path or method is the client's: quoted (JSON, one line) unless it is plain visible ASCII.
     text = str(value)
     return text if _PLAIN_VALUE.fullmatch(text) and '"' not in text else json.dumps(text)
@@ -140,11 +191,14 @@ def log_reply(record: ReplyRecord) -> None:
     line = {key: tags.get(key, "-") for key in ("request_id", "method", "path", "status", "client")}
     line.update(mode=record.mode, provider=record.provider, model=record.model or "-",
                 reason=record.reason or record.cut_reason or "-",
-                ttfb_ms=f"{(first - started) * 1000:.1f}" if first else "-",
-                duration_ms=f"{(now - started) * 1000:.1f}", chunks=record.chunks, bytes=record.bytes,
+                ttfb_ms=round((first - started) * 1000, 1) if first else None,
+                duration_ms=round((now - started) * 1000, 1), chunks=record.chunks, bytes=record.bytes,
                 ended=record.ended, failures=",".join(f"{p}:{r}" for p, r in record.failures) or "-")
+    if record.mode == "live":
+        line.update(input_tokens=record.input_tokens, output_tokens=record.output_tokens,
+                    tokens_estimated=record.tokens_estimated)
     if record.rule:
         line["rule"] = record.rule
     if "user_text" in tags:
-        line["user_text"] = repr(tags["user_text"])
-    _log_fields(line)
+        line["user_text"] = tags["user_text"]
+    access_log.info(AccessLine(line))

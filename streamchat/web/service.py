@@ -10,6 +10,7 @@ from ..config import Settings
 from ..domain.relay import Relay
 from ..shared.streams import MemoryStreams
 from .limits import LiveBudget
+from .metrics import Metrics
 
 EXTENSION = "streamchat"
 
@@ -22,6 +23,7 @@ class Service:
     relay: Relay
     budget: LiveBudget
     streams: MemoryStreams | None  # the stream records (shared.streams); None with RESUME_TTL=0
+    metrics: Metrics | None = None  # None unless METRICS_TOKEN is set
 
 
 def service() -> Service:

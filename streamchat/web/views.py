@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 
-from flask import Blueprint, current_app, g, jsonify, render_template, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
+from werkzeug.exceptions import NotFound, RequestEntityTooLarge
 
 from ..domain.relay import ReplyRecord
 from ..domain.validation import InvalidRequest, Limits, parse_chat_request
@@ -14,6 +14,7 @@ from ..server.drain import DRAIN
 from ..redaction import url_without_secrets
 from .access import request_started, request_tags
 from .limits import limit_chat, storage_health
+from .metrics import CONTENT_TYPE, token_matches
 from .service import service
 from ..shared.redis import ERRORS
 from ..shared.streams import BadOffset, UnknownStream
@@ -89,9 +90,12 @@ def resume(stream_id: str):
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:  # "²".isdigit() is true too
         raise InvalidRequest(400, "invalid_offset", "offset must be a whole number of bytes, 0 or more.")
     try:
-        return replay_response(_streams(), stream_id, int(raw))
+        response = replay_response(_streams(), stream_id, int(raw))
     except BadOffset as exc:
         raise InvalidRequest(400, "invalid_offset", f"{str(exc).capitalize()}.") from None
+    if service().metrics is not None:
+        service().metrics.resumes.inc()
+    return response
 
 
 @bp.get("/api/chat/streams/<stream_id>/status")
@@ -111,6 +115,8 @@ def stream_status(stream_id: str):
 def stop(stream_id: str):
     """Stop a reply wherever it streams: it ends as ``stopped``; a finished one stays as it ended."""
     before = _streams().stop(stream_id)
+    if before == "streaming" and service().metrics is not None:
+        service().metrics.stops.inc()
     return jsonify({"state": before, "stopping": before == "streaming"}), 202
 
 
@@ -154,6 +160,18 @@ def _request_body() -> bytes:
         if request.environ["wsgi.input"].read(1):
             raise RequestEntityTooLarge()
     return body
+
+
+@bp.get("/metrics")
+def metrics():
+    """Serve every worker's metrics to a Prometheus scraper that sends the METRICS_TOKEN."""
+    svc = service()
+    if svc.metrics is None:
+        raise NotFound()  # off: METRICS_TOKEN is not set
+    if not token_matches(request.headers.get("Authorization"), svc.settings.metrics_token):
+        return error_response(401, "unauthorized", "Send Authorization: Bearer <METRICS_TOKEN>.",
+                              {"WWW-Authenticate": 'Bearer realm="metrics"'})
+    return Response(svc.metrics.exposition(), content_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
 
 @bp.get("/readyz")
