@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from importlib import metadata
@@ -190,6 +191,31 @@ class FloorProxy(Proxy):
         self.worker = self.process.popen.pid
 
 
+class Scraper:
+    """GET /metrics once a second in a thread, as Prometheus would, until ``stop()``; ``ok`` counts the 200s."""
+
+    def __init__(self, port: int, token: str):
+        self.ok = 0
+        self._stop = threading.Event()
+        self._url, self._token = f"http://{HOST}:{port}/metrics", token
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        request = urllib.request.Request(self._url, headers={"Authorization": f"Bearer {self._token}"})
+        while not self._stop.wait(1.0):
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    response.read()
+                    self.ok += response.status == 200
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def percentile(values, q):
     values = sorted(v for v in values if v is not None)
     if not values:
@@ -225,6 +251,7 @@ class Bench:
                             logs / "fake.log")
         wait_http(f"http://{HOST}:{self.fake_port}/_fake/stats")
         self.results: dict = {}
+        self.before: Path | None = None  # --before: an older revision's checkout, run in turn where supported
 
     def close(self) -> None:
         self.fake.stop()
@@ -329,6 +356,38 @@ class Bench:
                             "floor_idle_rss_mb": round(idle_rss, 1), "floor_peak_rss_mb": round(rss, 1),
                             "floor_ttfb_p99_ratio": ratio(percentile([r.ttfb for r in floored], 99),
                                                           percentile([r.ttfb for r in direct], 99))})
+        return figures
+
+    def metrics(self) -> dict:
+        """1,000 streams with metrics off and on (scraped every second, as a busy Prometheus would), in turn twice.
+
+        With ``--before REV`` that revision's service runs in turn too (``before``, no metrics).
+        """
+        count = 200 if self.quick else 1000
+        figures: dict = {"streams": count}
+        upstream = f"http://{HOST}:{self.fake_port}/v1"
+        modes = [("off", ROOT, ""), ("on", ROOT, "bench-metrics-token")]
+        if self.before:
+            modes.append(("before", self.before, ""))
+        for turn in (1, 2):
+            for mode, root, token in modes:
+                service = Service(self.logs, root, OPENAI_BASE_URL=upstream, METRICS_TOKEN=token)
+                scraper = Scraper(service.port, token) if token else None
+                try:
+                    results, cpu, _, _ = self.measured_load(service, count, f"met-{mode}{turn}", 60)
+                finally:
+                    if scraper:
+                        scraper.stop()
+                # The same streams each run, so the same upstream chunks: CPU seconds compare as CPU per chunk.
+                figures.update({f"{mode}{turn}_completed": sum(r.ok for r in results), f"{mode}{turn}_cpu_s": round(cpu, 2)})
+                if scraper:
+                    figures[f"{mode}{turn}_scrapes"] = scraper.ok
+        for turn in (1, 2):
+            figures[f"on_vs_off_{turn}"] = ratio(figures[f"on{turn}_cpu_s"], figures[f"off{turn}_cpu_s"])
+        figures["on_vs_off"] = ratio(figures["on1_cpu_s"] + figures["on2_cpu_s"], figures["off1_cpu_s"] + figures["off2_cpu_s"])
+        if self.before:
+            figures["off_vs_before"] = ratio(figures["off1_cpu_s"] + figures["off2_cpu_s"],
+                                             figures["before1_cpu_s"] + figures["before2_cpu_s"])
         return figures
 
     def measured_load(self, proxy: Proxy, count: int, tag: str, seconds: float):
@@ -470,9 +529,11 @@ TARGETS = [
     ("resume", "resumed_whole", ">=", 200, "resume elsewhere: all 200 hung-up replies come out whole"),
     ("stop", "stop_to_upstream_closed_p99_ms", "<=", 100.0, "stop from another instance: upstream closed ≤ 100 ms p99"),
     ("recording", "on_vs_off", "<=", 1.15, "1,000 streams recorded in Redis: CPU ≤ 1.15 × recording off"),
+    ("metrics", "on_vs_off", "<=", 1.03, "1,000 streams, metrics on and scraped each second: CPU per chunk ≤ 1.03 × off"),
 ]
 
 ABUSE = ["soak", "slow_heads", "never_read", "random_aborts", "counting"]
+BEFORE = ["soak", "counting", "metrics"]  # the scenarios that run --before's revision in turn
 INSTANCES = ["resume", "stop", "recording"]  # two instances (or one) and one Redis
 
 
@@ -493,8 +554,8 @@ def markdown(results: dict) -> str:
              "or gunicorn; no validation, timeouts, fallback, disconnect watch or log): the least these streams "
              "cost on this machine and runtime. Regenerate with `bench/run`. The soak and abuse scenarios "
              "(`bench/run --abuse`, described in the README) give every client its own loopback address; "
-             + (f"figures prefixed `before_` are revision {meta['before']} of the service, run in turn with this "
-                "one (`--before`). " if meta.get("before") else "")
+             + ("figures prefixed `before_` (and `before` runs) are an older revision of the service, named in "
+                "the section's title, run in turn with this one (`--before`). " if meta.get("before") else "")
              + "Each section says when it was measured.", "", "## Targets", "",
              "| Target | Measured | Met | Floor |", "|---|---|---|---|"]
     for scenario, key, op, limit, label in TARGETS:
@@ -507,6 +568,8 @@ def markdown(results: dict) -> str:
         if scenario == "meta":
             continue
         when = f" ({measured[scenario]})" if scenario in measured else ""
+        if scenario in meta.get("before", {}):
+            when += f", before = {meta['before'][scenario]}"
         lines += ["", f"## {scenario.replace('_', ' ')}{when}", "", "| Figure | Value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in figures.items()]
     return "\n".join(lines) + "\n"
@@ -516,10 +579,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
-                                       "fallback,aborts, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
+                                       "fallback,aborts,metrics, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
     parser.add_argument("--abuse", action="store_true",
                         help="run the soak, abuse and two-instance scenarios (about 16 minutes)")
-    parser.add_argument("--before", metavar="REV", help="also run REV's service in turn, in soak and counting")
+    parser.add_argument("--before", metavar="REV", help="also run REV's service in turn, in soak, counting and metrics")
     parser.add_argument("--out", help="the report (default BENCHMARKS.md; with --quick bench/logs/QUICK.md, so a "
                                       "smoke run never replaces the recorded figures)")
     args = parser.parse_args()
@@ -537,10 +600,11 @@ def main() -> None:
     from bench.abuse import Abuse, worktree  # they build on this module
     from bench.instances import Instances
 
-    abuse = Abuse(bench, worktree(args.before) if args.before else None)
+    bench.before = worktree(args.before) if args.before else None
+    abuse = Abuse(bench, bench.before)
     scenarios = {"one_client": bench.one_client, "streams_200": lambda: bench.concurrent(200),
                  "streams_1000": lambda: bench.concurrent(1000, floor=True), "bursts": bench.bursts,
-                 "fallback": bench.fallback, "aborts": bench.aborts,
+                 "fallback": bench.fallback, "aborts": bench.aborts, "metrics": bench.metrics,
                  **{name: getattr(abuse, name) for name in ABUSE},
                  **{name: getattr(Instances(bench), name) for name in INSTANCES}}
     chosen = (args.only.split(",") if args.only else ABUSE + INSTANCES if args.abuse
@@ -552,10 +616,12 @@ def main() -> None:
         results["meta"]["measured"] = {**{k: earlier["meta"]["date"] for k in earlier if k != "meta"},
                                        **earlier["meta"].get("measured", {})}
         results.update({k: v for k, v in earlier.items() if k != "meta" and k not in chosen})
-        if "before" in earlier["meta"]:
-            results["meta"]["before"] = earlier["meta"]["before"]
+        earlier_before = earlier["meta"].get("before", {})
+        if isinstance(earlier_before, str):  # once one revision for every scenario that had one
+            earlier_before = {name: earlier_before for name in BEFORE if name in earlier}
+        results["meta"]["before"] = {k: v for k, v in earlier_before.items() if k not in chosen}
     if args.before:
-        results["meta"]["before"] = args.before
+        results["meta"].setdefault("before", {}).update({name: args.before for name in chosen if name in BEFORE})
     try:
         for name in chosen:
             started = time.monotonic()

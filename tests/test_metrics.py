@@ -206,3 +206,18 @@ def test_every_log_line_is_one_json_object_with_the_access_fields(metered):
         assert field in reply, field
     assert not any("FORGED" in line and not line.startswith("{") for line in server.log().splitlines())
     assert Counter(line["level"] for line in parsed)["ERROR"] == 0
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_the_service_serves():
+    import re
+
+    from app import create_app
+    from servers import REPO
+
+    dashboard = json.loads((REPO / "deploy" / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    wanted = {re.sub(r"_(total|bucket|count|sum)$", "", name) for expr in exprs
+              for name in re.findall(r"\bstreamchat_[a-z_]+", expr)}
+    served = create_app({"METRICS_TOKEN": TOKEN}).test_client().get("/metrics", headers=AUTH).get_data(as_text=True)
+    families = {family.name for family in text_string_to_metric_families(served)}
+    assert wanted and wanted <= families, wanted - families
