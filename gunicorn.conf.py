@@ -40,6 +40,8 @@ control_socket_disable = True
 accesslog = None  # the app logs one line per request itself
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info").lower()
+if os.environ.get("LOG_FORMAT", "text").strip().lower() == "json":
+    logger_class = "streamchat.server.gunicorn_log.JsonLogger"  # gunicorn's lines as JSON objects too
 # Never preload: the app imports requests/ssl, which must come after gevent's monkey-patching.
 preload_app = False
 GC_YOUNG_THRESHOLD = 10_000

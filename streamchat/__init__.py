@@ -13,7 +13,8 @@ The package's folders are its layers; imports only go down this list:
   (``requests``/``urllib3`` and their internals).
 
 Beside them, ``config`` reads every setting (the providers' declarations
-included) and ``errors`` is the error tree every layer speaks. ``testing`` holds
+included), ``errors`` is the error tree every layer speaks, and ``logformat`` the
+JSON log line. ``testing`` holds
 the fakes: the fake upstream server and an in-process fake provider. ``app.py``
 at the top composes it all in ``create_app()``.
 """

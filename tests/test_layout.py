@@ -17,12 +17,13 @@ PACKAGE = REPO / "streamchat"
 ALLOWED = {
     "errors": set(),
     "redaction": set(),
+    "logformat": set(),
     "transport": {"errors"},
     "domain": {"errors", "redaction", "transport"},
     "config": {"domain", "errors"},
-    "server": {"errors", "config"},
+    "server": {"errors", "config", "logformat"},
     "shared": {"errors", "redaction", "domain"},
-    "web": {"errors", "redaction", "config", "domain", "server", "shared"},
+    "web": {"errors", "redaction", "logformat", "config", "domain", "server", "shared"},
     "testing": {"errors", "domain"},
 }
 WEB_STACK = ("flask", "werkzeug", "gevent", "gunicorn", "flask_limiter")

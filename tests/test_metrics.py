@@ -193,8 +193,7 @@ def test_every_log_line_is_one_json_object_with_the_access_fields(metered):
     assert status == 404
     status, _, _ = chat(server, "10.5.0.1", "json line", tokens=3)
     assert status == 200
-    app_lines = [line for line in server.log().splitlines() if line.startswith("{")]
-    parsed = [json.loads(line) for line in app_lines]  # every one parses: one object per line
+    parsed = [json.loads(line) for line in server.log().splitlines()]  # every line, gunicorn's too, is an object
     assert {"time", "level", "logger", "message"} <= set(parsed[0])
     access = [line for line in parsed if line["logger"] == "streamchat.access"]
     forged = next(line for line in access if "FORGED" in line["path"])
@@ -204,8 +203,9 @@ def test_every_log_line_is_one_json_object_with_the_access_fields(metered):
                   "ttfb_ms", "duration_ms", "chunks", "bytes", "ended", "failures", "input_tokens", "output_tokens",
                   "tokens_estimated"):
         assert field in reply, field
-    assert not any("FORGED" in line and not line.startswith("{") for line in server.log().splitlines())
-    assert Counter(line["level"] for line in parsed)["ERROR"] == 0
+    assert any(line["logger"] == "gunicorn.error" and "Booting worker" in line["message"] for line in parsed)
+    # (gunicorn's master logs the worker the other test killed as an ERROR: the service itself logs none)
+    assert Counter(line["level"] for line in parsed if line["logger"].startswith("streamchat"))["ERROR"] == 0
 
 
 def test_the_grafana_dashboard_asks_only_for_metrics_the_service_serves():

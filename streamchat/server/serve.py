@@ -14,6 +14,7 @@ gunicorn's master directly), with the ``.env`` values in its environment.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -42,6 +43,17 @@ def start_warnings(settings) -> list[str]:
     return warnings
 
 
+def say(level: str, text: str) -> None:
+    """Print one line to stderr: ``streamchat: <text>``, or with ``LOG_FORMAT=json`` one JSON object."""
+    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+        from ..logformat import JsonLines
+
+        record = logging.LogRecord("streamchat", getattr(logging, level), __file__, 0, text, None, None)
+        print(JsonLines().format(record), file=sys.stderr)
+    else:
+        print(f"streamchat: {text}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> None:
     read_env_file()
     from ..config import ConfigError, load_settings  # after .env: it reads the environment
@@ -49,10 +61,10 @@ def main(argv: list[str]) -> None:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"streamchat: configuration error: {exc}", file=sys.stderr)
+        say("ERROR", f"configuration error: {exc}")
         raise SystemExit(CONFIG_ERROR) from None
     for warning in start_warnings(settings):
-        print(f"streamchat: warning: {warning}", file=sys.stderr)
+        say("WARNING", f"warning: {warning}")
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "--config", str(CONF), *argv, "wsgi:app"])
 

@@ -25,13 +25,12 @@ import re
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
 from typing import Any
 
 from flask import Flask, g, request
-from pythonjsonlogger.json import JsonFormatter
 
 from ..domain.relay import ReplyRecord
+from ..logformat import JsonLines
 from ..redaction import one_line, redact
 from .service import service
 
@@ -67,15 +66,8 @@ class SafeFormatter(logging.Formatter):
         return redact(super().formatException(ei))
 
 
-class SafeJsonFormatter(JsonFormatter):
+class SafeJsonFormatter(JsonLines):
     """One JSON object per line: time, level, logger, message, and an access line's fields as keys."""
-
-    def __init__(self) -> None:
-        super().__init__("{asctime}{levelname}{name}{message}", style="{",
-                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         super().add_fields(log_data, record, message_dict)
