@@ -129,8 +129,8 @@ class BuggyProvider(OpenAIChat):
         super().__init__(**options)
         self.fail_on = fail_on
 
-    def parse_event(self, event):
-        text = super().parse_event(event)
+    def parse_event(self, event, usage):
+        text = super().parse_event(event, usage)
         if text == self.fail_on:
             raise RuntimeError("a bug in parse_event")
         return text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 from collections import Counter
@@ -157,14 +156,17 @@ def test_metrics_add_up_every_workers_replies_and_survive_a_worker_being_replace
     assert delta("streamchat_reply_duration_seconds_count") == 13
     assert total(after, "streamchat_circuit_breaker_open", gen_ai_provider_name="openai") == 0
 
-    # Tokens: estimated from characters (the fake reports no usage), as the JSON access lines say.
+    # Tokens: the upstream's usage for the replies that got to it, estimated for those that ended before
+    # it came (cut short, or their reader left), as the JSON access lines say.
     lines = [json.loads(line) for line in server.access_lines()]
     replies = [line for line in lines if line.get("mode") == "live"]
-    assert all(line["tokens_estimated"] is True for line in replies)
-    assert delta("streamchat_tokens_total", gen_ai_token_type="output", estimated="true") == sum(
-        line["output_tokens"] for line in replies if "metrics-open" not in str(line))
     complete = [line for line in replies if line["ended"] == "complete"]
-    assert sorted(line["output_tokens"] for line in complete[:4]) == sorted(math.ceil(len(b) / 4) for b in bodies)
+    assert all(line["tokens_estimated"] is False for line in complete) and len(complete) == 7
+    assert sorted(line["output_tokens"] for line in complete) == [4, 4, 4, 8, 8, 8, 8]  # the fake's tokens
+    assert all(line["tokens_estimated"] is True for line in replies if line["ended"] != "complete")
+    assert delta("streamchat_tokens_total", gen_ai_token_type="output", estimated="false") == 44
+    assert delta("streamchat_tokens_total", gen_ai_token_type="output") == sum(
+        line["output_tokens"] for line in replies)
     assert all(line["input_tokens"] > 0 for line in replies)
 
     # A worker killed mid-reply: its counts stay, its open stream no longer counts.

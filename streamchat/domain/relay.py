@@ -28,7 +28,8 @@ from ..errors import ClientDisconnected, ProviderError, ReplyStopped, ServiceRes
 from ..redaction import url_without_secrets
 from .breaker import CircuitBreaker
 from .providers import Provider
-from .usage import estimate_tokens
+from .providers.base import DEFAULT_OPTIONS, Options
+from .usage import Usage, estimate_tokens
 
 log = logging.getLogger("streamchat")
 
@@ -95,11 +96,12 @@ class OpenStreams:
 class Reply:
     """A reply whose mode is decided; ``text()`` streams it, ``close()`` ends it however far it got."""
 
-    __slots__ = ("record", "_first", "_rest", "_on_close", "_relay", "_texts", "_released", "_closed")
+    __slots__ = ("record", "usage", "_first", "_rest", "_on_close", "_relay", "_texts", "_released", "_closed")
 
     def __init__(self, record: ReplyRecord, first: str, rest: Iterator[str], on_close: Callable[[], None] | None,
-                 relay: "Relay"):
+                 relay: "Relay", usage: Usage | None = None):
         self.record = record
+        self.usage = usage  # what the upstream reports, as it reports it (None in fallback)
         self._first = first
         self._rest = rest
         self._on_close = on_close
@@ -168,13 +170,28 @@ class Reply:
             if record.ended == OPEN:
                 record.ended = CLIENT_GONE
             record.ended_at = time.perf_counter()
-            if record.mode == "live" and not record.output_tokens:  # the upstream reported no usage
-                record.output_tokens, record.tokens_estimated = estimate_tokens(record.chars), True
+            if record.mode == "live":
+                self.count_tokens()
             for listener in self._relay.listeners:
                 try:
                     listener(record)
                 except Exception:  # a listener's bug must not break the others, nor the reply's end
                     log.exception("reply listener %r failed", listener)
+
+
+    def count_tokens(self) -> None:
+        """Set the record's tokens: the upstream's own count when it gave one, else estimated from what was
+        sent and what came back (a reply that ended before its usage event settles on what it produced)."""
+        record = self.record
+        usage = self.usage or Usage()
+        if usage.input_tokens is not None:
+            record.input_tokens = usage.input_tokens
+        else:
+            record.tokens_estimated = True
+        if usage.output_tokens is not None:
+            record.output_tokens = usage.output_tokens
+        else:
+            record.output_tokens, record.tokens_estimated = estimate_tokens(record.chars), True
 
 
 class Relay:
@@ -191,29 +208,36 @@ class Relay:
         self.listeners: list[Callable[[ReplyRecord], None]] = []
 
     def open(self, messages: list[dict[str, str]], *, on_close: Callable[[], None] | None = None,
-             live_denied: str | None = None, record: ReplyRecord | None = None) -> Reply:
+             live_denied: str | None = None, record: ReplyRecord | None = None,
+             options: Options = DEFAULT_OPTIONS, prefer: str | None = None) -> Reply:
         """Return a reply from the first provider that produces text in time, else from the rules.
 
         ``on_close`` runs once the reply no longer streams (or if choosing raises).
         ``live_denied`` is a reason (such as ``"budget"``) to answer from the rules
         without trying any provider. ``record`` carries the caller's start time and tags.
+        ``options`` go to the provider; ``prefer`` names a provider to try first.
         """
         try:
-            return self._open(messages, on_close, live_denied, record or ReplyRecord())
+            return self._open(messages, on_close, live_denied, record or ReplyRecord(), options, prefer)
         except BaseException:
             if on_close is not None:
                 on_close()  # no reply will run it
             raise
 
-    def _open(self, messages, on_close, live_denied, record: ReplyRecord) -> Reply:
+    def _open(self, messages, on_close, live_denied, record: ReplyRecord, options: Options,
+              prefer: str | None) -> Reply:
         reasons: list[str] = []  # why each provider did not answer, in chain order
-        for provider in self.chain if live_denied is None else ():
+        chain = self.chain
+        if prefer is not None:
+            chain = sorted(chain, key=lambda p: p.name != prefer)  # stable: the rest keep their order
+        for provider in chain if live_denied is None else ():
             skip = self.breaker.skip_reason(provider.name)
             if skip:
                 reasons.append(skip)
                 record.failures.append((provider.name, COOLING_DOWN))
                 continue
-            stream = provider.stream(messages)
+            usage = Usage()
+            stream = provider.stream(messages, options, usage)
             try:
                 first = next(stream)
             except ProviderError as exc:
@@ -232,7 +256,7 @@ class Relay:
             self.breaker.record(provider.name, None)
             record.provider, record.model = provider.name, provider.model
             record.input_tokens = estimate_tokens(sum(len(message["content"]) for message in messages))
-            return Reply(record, first, stream, on_close, self)
+            return Reply(record, first, stream, on_close, self, usage)
         # The first failure is the one the site owner configured first: report that one.
         record.mode, record.provider = "fallback", "rules"
         record.reason = reasons[0] if reasons else live_denied or "no_provider"

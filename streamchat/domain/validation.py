@@ -20,11 +20,12 @@ SAME_ROLE_SEPARATOR = "\n\n"
 class InvalidRequest(ValueError):
     """The request cannot be answered as sent; ``status``, ``code`` and message say why."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.param = param  # the request field at fault, when one is (OpenAI's errors name it)
 
 
 @dataclass(frozen=True)

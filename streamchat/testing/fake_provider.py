@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from ..domain.providers import Provider
+from ..domain.providers.base import DEFAULT_OPTIONS, Options
+from ..domain.usage import Usage
 from ..errors import ProviderError
 
 DEFAULT_REPLY = ("Hello from the fake provider.",)
@@ -26,6 +28,7 @@ class FakeCall:
     """One call of ``stream()``: the messages it got, what it yielded, and whether it was closed."""
 
     messages: list[dict[str, str]]
+    options: Options = DEFAULT_OPTIONS
     yielded: list[str] = field(default_factory=list)
     closed: bool = False
 
@@ -47,9 +50,10 @@ class FakeProvider(Provider):
         self._queue.append((pieces, then))
         return self
 
-    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
+    def stream(self, messages: list[dict[str, str]], options: Options = DEFAULT_OPTIONS,
+               usage: Usage | None = None) -> Iterator[str]:
         pieces, then = self._queue.popleft() if self._queue else (DEFAULT_REPLY, None)
-        call = FakeCall(messages=list(messages))
+        call = FakeCall(messages=list(messages), options=options)
         self.history.append(call)
         return self._stream(call, pieces, then)
 

@@ -66,6 +66,11 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     return None
 
 
+def is_read_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a read that waited its whole timeout without data (the body's state is intact)."""
+    return isinstance(exc, (TimeoutError, urllib3.exceptions.ReadTimeoutError, requests.exceptions.ReadTimeout))
+
+
 def error_for_status(provider: str, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
     """Return the error that an HTTP error status from the provider means."""
     detail = _error_message(body) or f"HTTP {status}"

@@ -41,6 +41,8 @@ def plain_text(reply: Reply) -> Iterator[bytes]:
     """Frame ``reply`` as ``text/plain; charset=utf-8``: its UTF-8 text, then the notice if it was cut short."""
     record = reply.record
     for text in reply.text():
+        if not text:
+            continue  # a heartbeat from a silent upstream: text/plain has no way to say it
         chunk = text.encode()
         record.bytes += len(chunk)
         yield chunk

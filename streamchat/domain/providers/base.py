@@ -1,16 +1,21 @@
 """The provider contract, and the HTTP + Server-Sent Events loop the real providers share.
 
 ``Provider`` is the contract the relay uses: a ``name``, a ``model``, a
-``base_url`` and one generator, ``stream(messages)``, that yields the reply's
-text and raises a ``streamchat.errors.ProviderError`` for any failure.
+``base_url`` and one generator, ``stream(messages, options, usage)``, that
+yields the reply's text and raises a ``streamchat.errors.ProviderError`` for any
+failure. ``options`` are the request's own limits (``Options``: at most the
+configured ``max_tokens``, a temperature); ``usage`` is filled in with the
+tokens the upstream reports. While the upstream is silent after the first
+text, the generator yields ``""`` every ``HEARTBEAT_EVERY`` seconds, so a wire
+format that can say "still here" (an SSE comment) does; text/plain skips it.
 
 ``HTTPProvider`` implements it for an upstream chat API. A subclass declares
 its facts (``name``, ``title``, the environment variables it reads, its
 default model and base URL, whether it may run without a key): the settings,
 the "no provider configured" hint and the README's configuration table are
 generated from them. It implements three small methods: ``build_request``
-(URL, headers, JSON body), ``parse_event`` (one SSE event to text) and
-``parse_json_body`` (for a proxy that ignored ``"stream": true``). How the
+(URL, headers, JSON body), ``parse_event`` (one SSE event to text, noting any
+usage) and ``parse_json_body`` (for a proxy that ignored ``"stream": true``). How the
 request is sent and the body read is ``streamchat.transport``'s business.
 """
 
@@ -26,12 +31,15 @@ import requests
 
 from ...errors import BadStream, ProviderError, UpstreamTimeout
 from ...transport.body import ChunkedBody, raw_reader
-from ...transport.failures import error_for_status, translate_errors
+from ...transport.failures import error_for_status, is_read_timeout, translate_errors
 from ...transport.session import send_json
 from ..sse import ServerSentEvent, SSEDecoder
+from ..usage import Usage
 
 ERROR_BODY_LIMIT = 65536
 JSON_BODY_LIMIT = 4 * 1024 * 1024
+#: Seconds of upstream silence after the first text between two ``""`` heartbeats (proxies time out at 30-60 s).
+HEARTBEAT_EVERY = 15.0
 
 
 class EndOfStream(Exception):
@@ -46,6 +54,17 @@ class Timeouts:
     max_duration: float
 
 
+@dataclass(frozen=True)
+class Options:
+    """One request's own wishes, within the configured limits."""
+
+    max_tokens: int | None = None  # None: the configured LLM_MAX_TOKENS; never more than it
+    temperature: float | None = None  # None: the configured LLM_TEMPERATURE (or the provider's default)
+
+
+DEFAULT_OPTIONS = Options()
+
+
 class Provider:
     """What the relay needs of an upstream: who it is, and ``stream()``."""
 
@@ -53,8 +72,13 @@ class Provider:
     model: str
     base_url: str
 
-    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
-        """Yield the reply's text; raise a ``ProviderError`` for any failure, before or after the first text."""
+    def stream(self, messages: list[dict[str, str]], options: Options = DEFAULT_OPTIONS,
+               usage: Usage | None = None) -> Iterator[str]:
+        """Yield the reply's text; raise a ``ProviderError`` for any failure, before or after the first text.
+
+        Messages have the roles ``user``, ``assistant`` and (from authenticated API clients) ``system``;
+        the configured system prompt goes first. The tokens the upstream reports go into ``usage``.
+        """
         raise NotImplementedError
 
 
@@ -89,19 +113,29 @@ class HTTPProvider(Provider):
 
     # -- what a subclass implements ---------------------------------------------------------
 
-    def build_request(self, messages: list[dict[str, str]]) -> tuple[str, dict[str, str], dict[str, Any]]:
+    def build_request(self, messages: list[dict[str, str]],
+                      options: Options) -> tuple[str, dict[str, str], dict[str, Any]]:
         raise NotImplementedError
 
-    def parse_event(self, event: ServerSentEvent) -> str:
-        """Return the text in ``event`` ("" for none); raise EndOfStream or a ProviderError."""
+    def parse_event(self, event: ServerSentEvent, usage: Usage) -> str:
+        """Return the text in ``event`` ("" for none), noting reported tokens in ``usage``; raise EndOfStream
+        or a ProviderError."""
         raise NotImplementedError
 
-    def parse_json_body(self, payload: Any) -> str:
+    def parse_json_body(self, payload: Any, usage: Usage) -> str:
         raise NotImplementedError
+
+    def max_tokens_for(self, options: Options) -> int:
+        """The reply's token limit: the request's, never above the configured one."""
+        return min(options.max_tokens, self.max_tokens) if options.max_tokens else self.max_tokens
+
+    def temperature_for(self, options: Options) -> float | None:
+        return options.temperature if options.temperature is not None else self.temperature
 
     # -- the generator ------------------------------------------------------------------------
 
-    def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
+    def stream(self, messages: list[dict[str, str]], options: Options = DEFAULT_OPTIONS,
+               usage: Usage | None = None) -> Iterator[str]:
         """Yield the reply's text: one string per upstream read, joining every delta it held.
 
         Raises a ``ProviderError`` for any failure, including no text before the
@@ -110,9 +144,10 @@ class HTTPProvider(Provider):
         """
         started = time.monotonic()
         timeouts = self.timeouts
+        usage = usage if usage is not None else Usage()
         with translate_errors(self.name):
             # Returned without its request: the conversation in its body is freed once sent.
-            response = send_json(self.session, *self.build_request(messages),
+            response = send_json(self.session, *self.build_request(messages, options),
                                  timeout=(timeouts.connect, timeouts.first_token))
         del messages  # a long conversation must not stay in memory while the reply streams
         body = None
@@ -122,7 +157,7 @@ class HTTPProvider(Provider):
                     raise error_for_status(self.name, response.status_code, response.headers,
                                            response.raw.read(ERROR_BODY_LIMIT))
                 if response.headers.get("content-type", "").startswith("application/json"):
-                    yield self._json_reply(response)
+                    yield self._json_reply(response, usage)
                     return
                 # One generator for the whole read loop: every level would cost each chunk a frame switch.
                 body = ChunkedBody.of(response)
@@ -131,22 +166,34 @@ class HTTPProvider(Provider):
                 end = started + timeouts.max_duration
                 decoder = SSEDecoder()
                 seen_text = False
+                quiet_until = 0.0  # after the first text: the end of the silence tolerated (LLM_IDLE_TIMEOUT)
                 while True:
                     # Each read is bounded by whichever deadline comes first,
                     # so keep-alive comments cannot stretch the wait for the first text.
                     now = time.monotonic()
-                    timeout = min(timeouts.idle, end - now) if seen_text else min(first_text_deadline, end) - now
+                    if seen_text:
+                        quiet_until = quiet_until or now + timeouts.idle
+                        timeout = min(quiet_until, end) - now
+                    else:
+                        timeout = min(first_text_deadline, end) - now
                     if timeout <= 0:
                         what = "maximum duration" if seen_text else "first-token deadline"
                         raise UpstreamTimeout(f"{self.name} reached the {what}", provider=self.name)
-                    chunk = read(timeout)
+                    try:
+                        chunk = read(HEARTBEAT_EVERY if seen_text and timeout > HEARTBEAT_EVERY else timeout)
+                    except Exception as exc:
+                        if seen_text and timeout > HEARTBEAT_EVERY and is_read_timeout(exc):
+                            yield ""  # silent, but within its idle time: a heartbeat
+                            continue
+                        raise
+                    quiet_until = 0.0
                     if chunk:
                         events = decoder.feed(chunk)
                         if not events:
                             continue
-                        text, ending = self._text_of(events)
+                        text, ending = self._text_of(events, usage)
                     else:  # the body ended without the provider's end marker
-                        text, ending = self._text_of(decoder.finish())
+                        text, ending = self._text_of(decoder.finish(), usage)
                         ending = ending or EndOfStream()
                     if text:
                         seen_text = True
@@ -164,7 +211,7 @@ class HTTPProvider(Provider):
                 body.close()
             response.close()
 
-    def _text_of(self, events: list[ServerSentEvent]) -> tuple[str, EndOfStream | ProviderError | None]:
+    def _text_of(self, events: list[ServerSentEvent], usage: Usage) -> tuple[str, EndOfStream | ProviderError | None]:
         """Return the text of ``events`` up to whatever ended the stream among them, and that ending.
 
         The one place where events become text: whether the stream ends with its
@@ -176,7 +223,7 @@ class HTTPProvider(Provider):
         ending = None
         for event in events:
             try:
-                text = parse(event)
+                text = parse(event, usage)
             except (EndOfStream, ProviderError) as exc:
                 ending = exc
                 break
@@ -190,10 +237,10 @@ class HTTPProvider(Provider):
             while read(min(1.0, self.timeouts.idle)):
                 pass
 
-    def _json_reply(self, response: requests.Response) -> str:
+    def _json_reply(self, response: requests.Response, usage: Usage) -> str:
         body = response.raw.read(JSON_BODY_LIMIT)
         try:
-            text = self.parse_json_body(json.loads(body))
+            text = self.parse_json_body(json.loads(body), usage)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
             raise BadStream(f"{self.name} sent JSON that is not a reply: {exc}", provider=self.name) from exc
         if not text:

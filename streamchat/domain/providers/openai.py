@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from ...errors import ProviderRejected
 from ...transport.failures import in_stream_error
 from ..sse import ServerSentEvent
-from .base import EndOfStream, HTTPProvider, load_json_event
+from ..usage import Usage, token_count
+from .base import DEFAULT_OPTIONS, EndOfStream, HTTPProvider, Options, load_json_event
+
+log = logging.getLogger("streamchat")
 
 
 def _text_of(content: Any) -> str:
@@ -31,16 +36,32 @@ class OpenAIChat(HTTPProvider):
     base_url_doc = ("Base URL including `/v1`. Setting it without a key enables keyless local servers "
                     "(Ollama `http://127.0.0.1:11434/v1`, llama.cpp, vLLM).")
     keyless = True
+    #: Ask for the usage chunk; set to False for a server that refused the field (some compatibles do).
+    include_usage = True
 
-    def build_request(self, messages):
-        body: dict[str, Any] = {"model": self.model, "stream": True, "max_tokens": self.max_tokens}
+    def stream(self, messages, options: Options = DEFAULT_OPTIONS, usage: Usage | None = None):
+        try:
+            yield from super().stream(messages, options, usage)
+        except ProviderRejected as exc:
+            # A 400 naming stream_options comes before any text: ask again, once, without it.
+            if not (self.include_usage and exc.status == 400 and "stream_options" in str(exc)):
+                raise
+            self.include_usage = False
+            log.info("%s refused stream_options: usage will be estimated for its replies", self.name)
+            yield from super().stream(messages, options, usage)
+
+    def build_request(self, messages, options):
+        body: dict[str, Any] = {"model": self.model, "stream": True, "max_tokens": self.max_tokens_for(options)}
+        if self.include_usage:
+            body["stream_options"] = {"include_usage": True}
         body["messages"] = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + messages
-        if self.temperature is not None:
-            body["temperature"] = self.temperature
+        temperature = self.temperature_for(options)
+        if temperature is not None:
+            body["temperature"] = temperature
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         return f"{self.base_url}/chat/completions", headers, body
 
-    def parse_event(self, event: ServerSentEvent) -> str:
+    def parse_event(self, event: ServerSentEvent, usage: Usage) -> str:
         data = event.data
         if data == "[DONE]":
             raise EndOfStream
@@ -49,6 +70,8 @@ class OpenAIChat(HTTPProvider):
             return ""
         if chunk.get("error") or event.event == "error":
             raise in_stream_error(self.name, chunk.get("error", chunk))
+        if chunk.get("usage"):
+            _note_usage(chunk["usage"], usage)
         # Reasoning, tool calls, usage-only and content-filter chunks carry no content: skipped.
         choices = chunk.get("choices")
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
@@ -56,7 +79,15 @@ class OpenAIChat(HTTPProvider):
         delta = choices[0].get("delta")
         return _text_of(delta.get("content")) if isinstance(delta, dict) else ""
 
-    def parse_json_body(self, payload):
+    def parse_json_body(self, payload, usage):
         if isinstance(payload, dict) and payload.get("error"):
             raise in_stream_error(self.name, payload["error"])
+        if payload.get("usage"):
+            _note_usage(payload["usage"], usage)
         return _text_of(payload["choices"][0]["message"]["content"])
+
+
+def _note_usage(reported: Any, usage: Usage) -> None:
+    if isinstance(reported, dict):
+        usage.input_tokens = token_count(reported.get("prompt_tokens"))
+        usage.output_tokens = token_count(reported.get("completion_tokens"))

@@ -30,6 +30,7 @@ overrides the defaults (set on the command line) with any of:
     framing     "chunked" (default); "close": no length, the body ends when the connection closes
                 (HTTP/1.0 style); "chunked-close": chunked, with Connection: close; "gzip": chunked and
                 gzip-compressed, flushed at every write
+    reject_stream_options   answer 400 to a request with ``stream_options`` (as some compatible servers do)
     id          a tag to find this request in ``GET /_fake/requests``
     openai, anthropic   overrides for that protocol only, e.g. {"openai": {"status": 500}}
 
@@ -74,10 +75,18 @@ class Record:
     body_size: int  # bytes on the wire
     started: float
     tokens_sent: int = 0
+    prompt_tokens: int = 0  # what its usage events report as the input: one per word sent
     finished: float | None = None  # the whole reply was written
     peer_closed: float | None = None  # the client closed the connection before that
     held_back: bool = False  # the client stopped reading long enough to fill every buffer on the way
     events: list[str] = field(default_factory=list)
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The fake's token count of a request's prompt: one per word of its messages and system prompt."""
+    texts = [m.get("content") for m in body.get("messages") or [] if isinstance(m, dict)]
+    texts.append(body.get("system"))
+    return sum(len(text.split()) for text in texts if isinstance(text, str))
 
 
 def tokens_of(params: dict[str, Any]) -> list[str]:
@@ -288,10 +297,18 @@ class _Connection(asyncio.Protocol):
         shown["has-key"] = str(bool(headers.get("authorization") or headers.get("x-api-key")))
         record = server.new_record(id=str(params.get("id", "")), path=path, protocol=protocol,
                                    connection=self.number, headers=shown, body=body,
-                                   body_size=len(body_bytes))
+                                   body_size=len(body_bytes), prompt_tokens=prompt_tokens(body))
         self.record = record
         server.notify()
-        _Reply(self, record, WIRES[protocol](str(body.get("model", ""))), params).begin()
+        if params.get("reject_stream_options") and "stream_options" in body:
+            # What some OpenAI-compatible servers answer to a field they do not know.
+            self._send_json(400, {"error": {"message": "Unrecognized request argument supplied: stream_options",
+                                            "type": "invalid_request_error", "param": "stream_options"}})
+            self.reply_done()
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        wire = WIRES[protocol](str(body.get("model", "")), record.prompt_tokens, include_usage)
+        _Reply(self, record, wire, params).begin()
 
     def reply_done(self) -> None:
         """The reply is complete; the connection may carry the next request."""
@@ -429,7 +446,8 @@ class _Reply:
 
     def _end(self) -> None:
         done = self.fault != "no_done"
-        self._write(b"".join(sse_event(n, d, self.newline) for n, d in self.wire.ending(done)))
+        events = self.wire.ending(done, self.record.tokens_sent)
+        self._write(b"".join(sse_event(n, d, self.newline) for n, d in events))
         self._finish()
 
     def _finish(self) -> None:

@@ -11,8 +11,10 @@ class Wire:
 
     protocol: str
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, prompt_tokens: int = 1, include_usage: bool = True):
         self.model = model
+        self.prompt_tokens = prompt_tokens  # what the usage events report as the input
+        self.include_usage = include_usage  # OpenAI sends its usage chunk only when asked
 
     def preamble(self) -> list[tuple[str, Any]]:
         raise NotImplementedError
@@ -20,8 +22,8 @@ class Wire:
     def token(self, text: str) -> tuple[str, Any]:
         raise NotImplementedError
 
-    def ending(self, done: bool) -> list[tuple[str, Any]]:
-        """The events after the last token; ``done``: with the protocol's end marker."""
+    def ending(self, done: bool, sent: int = 1) -> list[tuple[str, Any]]:
+        """The events after the last token (``sent`` of them, the usage's output); ``done``: with the end marker."""
         raise NotImplementedError
 
     def stream_error(self) -> list[tuple[str, Any]]:
@@ -55,10 +57,12 @@ class OpenAIWire(Wire):
     def token(self, text):
         return ("", self._chunk({"content": text}))
 
-    def ending(self, done):
-        events = [("", {**self._chunk({}), "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
-                  ("", {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})]
+    def ending(self, done, sent=1):
+        events = [("", {**self._chunk({}), "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})]
+        if self.include_usage:
+            events.append(("", {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
+                                "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": sent,
+                                          "total_tokens": self.prompt_tokens + sent}}))
         return events + ([("", "[DONE]")] if done else [])
 
     def stream_error(self):
@@ -87,7 +91,8 @@ class AnthropicWire(Wire):
     def preamble(self):
         return [("message_start", {"type": "message_start", "message": {
                     "id": "msg_fake", "type": "message", "role": "assistant", "model": self.model,
-                    "content": [], "stop_reason": None, "usage": {"input_tokens": 1, "output_tokens": 1}}}),
+                    "content": [], "stop_reason": None,
+                    "usage": {"input_tokens": self.prompt_tokens, "output_tokens": 1}}}),
                 ("content_block_start", {"type": "content_block_start", "index": 0,
                                          "content_block": {"type": "text", "text": ""}}),
                 ("ping", {"type": "ping"})]
@@ -96,10 +101,10 @@ class AnthropicWire(Wire):
         return ("content_block_delta", {"type": "content_block_delta", "index": 0,
                                         "delta": {"type": "text_delta", "text": text}})
 
-    def ending(self, done):
+    def ending(self, done, sent=1):
         events = [("content_block_stop", {"type": "content_block_stop", "index": 0}),
                   ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                                     "usage": {"output_tokens": 1}})]
+                                     "usage": {"output_tokens": sent}})]
         return events + ([("message_stop", {"type": "message_stop"})] if done else [])
 
     def stream_error(self):
