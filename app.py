@@ -24,6 +24,7 @@ from streamchat.shared.streams import MemoryStreams
 from streamchat.web import access, errors, headers, limits
 from streamchat.web.metrics import Metrics, process_metrics
 from streamchat.web.service import EXTENSION, Service
+from streamchat.web.openai_api import bp as openai_bp
 from streamchat.web.views import bp
 
 log = logging.getLogger("streamchat")
@@ -36,7 +37,8 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     """
     settings = load_settings({**os.environ, **(test_config or {})})
     access.configure_logging(settings.log_format)
-    remember_secrets(*(getattr(settings, s.attr) for s in SETTINGS if s.secret),  # never in a log line
+    secrets = [getattr(settings, s.attr) for s in SETTINGS if s.secret]  # never in a log line
+    remember_secrets(*(value for secret in secrets for value in (secret if isinstance(secret, tuple) else (secret,))),
                      *(urlsplit(url).password or "" for url in (settings.redis_url, settings.ratelimit_storage_uri)))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.chat_max_body_bytes
@@ -59,6 +61,7 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     log.info("providers: %s", ", ".join(f"{p.name}({p.model})" for p in relay.chain) or no_provider_hint())
 
     app.register_blueprint(bp)
+    app.register_blueprint(openai_bp)
     access.init_app(app)  # before the limiter's hooks: a request's clock starts first
     headers.init_app(app, settings)
     limits.init_app(app, settings)

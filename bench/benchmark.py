@@ -390,6 +390,40 @@ class Bench:
                                              figures["before1_cpu_s"] + figures["before2_cpu_s"])
         return figures
 
+    def openai_api(self) -> dict:
+        """1,000 streams through ``/v1/chat/completions`` and through ``/api/chat``, in turn twice: CPU per chunk."""
+        count = 200 if self.quick else 1000
+        key = "bench-service-key-0123456789"
+        figures: dict = {"streams": count}
+        upstream = f"http://{HOST}:{self.fake_port}/v1"
+        for turn in (1, 2):
+            for mode in ("chat", "v1"):
+                service = Service(self.logs, OPENAI_BASE_URL=upstream, SERVICE_API_KEYS=key, API_RATE_LIMIT="off")
+                make = self.via_service(service, id=f"api-{mode}{turn}") if mode == "chat" else \
+                    self.via_api(service, key, id=f"api-{mode}{turn}")
+                try:
+                    cpu_before = service.cpu()
+                    results = self.run(concurrent_streams(HOST, service.port, make, count, direct=False, ramp=1.0,
+                                                          deadline=time.perf_counter() + 60))
+                    cpu = service.cpu() - cpu_before
+                finally:
+                    service.stop()
+                # The same streams each run, so the same upstream chunks: CPU seconds compare as CPU per chunk.
+                figures.update({f"{mode}{turn}_completed": sum(r.ok for r in results),
+                                f"{mode}{turn}_live": sum(r.mode == "live" for r in results),
+                                f"{mode}{turn}_cpu_s": round(cpu, 2)})
+        figures["v1_vs_chat"] = ratio(figures["v11_cpu_s"] + figures["v12_cpu_s"],
+                                      figures["chat1_cpu_s"] + figures["chat2_cpu_s"])
+        return figures
+
+    def via_api(self, service: Proxy, key: str, **fake):
+        def make(n):
+            tag = f"{fake.get('id', 'v')}-{n}"
+            body = {"model": "bench", "stream": True, **message({**fake, "id": tag})}
+            return tag, build_request(HOST, service.port, "/v1/chat/completions", body,
+                                      headers={"Authorization": f"Bearer {key}"})
+        return make
+
     def measured_load(self, proxy: Proxy, count: int, tag: str, seconds: float):
         """Send ``count`` streams through ``proxy``, then stop it; return the results, CPU s, idle and peak RSS MB."""
         try:
@@ -529,6 +563,8 @@ TARGETS = [
     ("resume", "resumed_whole", ">=", 200, "resume elsewhere: all 200 hung-up replies come out whole"),
     ("stop", "stop_to_upstream_closed_p99_ms", "<=", 100.0, "stop from another instance: upstream closed ≤ 100 ms p99"),
     ("recording", "on_vs_off", "<=", 1.15, "1,000 streams recorded in Redis: CPU ≤ 1.15 × recording off"),
+    ("openai_api", "v1_vs_chat", "<=", 1.15, "1,000 streams through /v1/chat/completions: CPU per chunk ≤ 1.15 × "
+                                              "/api/chat"),
     ("metrics", "on_vs_off", "<=", 1.03, "1,000 streams, metrics on and scraped each second: CPU per chunk ≤ 1.03 × off"),
 ]
 
@@ -579,7 +615,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
-                                       "fallback,aborts,metrics, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
+                                       "fallback,aborts,metrics,openai_api, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
     parser.add_argument("--abuse", action="store_true",
                         help="run the soak, abuse and two-instance scenarios (about 16 minutes)")
     parser.add_argument("--before", metavar="REV", help="also run REV's service in turn, in soak, counting and metrics")
@@ -605,6 +641,7 @@ def main() -> None:
     scenarios = {"one_client": bench.one_client, "streams_200": lambda: bench.concurrent(200),
                  "streams_1000": lambda: bench.concurrent(1000, floor=True), "bursts": bench.bursts,
                  "fallback": bench.fallback, "aborts": bench.aborts, "metrics": bench.metrics,
+                 "openai_api": bench.openai_api,
                  **{name: getattr(abuse, name) for name in ABUSE},
                  **{name: getattr(Instances(bench), name) for name in INSTANCES}}
     chosen = (args.only.split(",") if args.only else ABUSE + INSTANCES if args.abuse

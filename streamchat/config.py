@@ -132,6 +132,16 @@ def _redis_url(raw: str) -> str:
     return _text(raw)
 
 
+def _service_keys(raw: str) -> tuple[str, ...]:
+    keys = tuple(key.strip() for key in raw.split(",") if key.strip())
+    for key in keys:
+        if not API_KEY.fullmatch(key):
+            raise ValueError("each key must be printable ASCII with no spaces")
+        if len(key) < 16:
+            raise ValueError("each key must be at least 16 characters: it is all that guards a paid model")
+    return keys
+
+
 def _budget(raw: str) -> str:
     return _limit_string(raw) if raw else ""
 
@@ -248,6 +258,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Soft per-client budget of live-model replies, e.g. `50/day`; above it the rules answer.", example="50/day"),
     Setting("LLM_BUDGET_GLOBAL", _budget, "", "Soft budget of live-model replies for the whole service, e.g. `5000/day`.",
             example="5000/day"),
+    Setting("SERVICE_API_KEYS", _service_keys, "",
+            "Comma-separated secrets your own backends send as `Authorization: Bearer <key>` to the "
+            "OpenAI-compatible `/v1` API; empty: `/v1` answers 404. Each key is its own client for limits and budgets.",
+            secret=True, example="a-random-secret-of-32-characters"),
+    Setting("API_RATE_LIMIT", _limit_string, "600/minute",
+            "Hard per-key limit on `/v1/chat/completions` (`off` disables it)."),
     Setting("TRUSTED_PROXIES", _non_negative_int, "0",
             "Number of proxies in front of the app whose `X-Forwarded-For` is trusted (Heroku: 1)."),
     Setting("CORS_ORIGINS", _origins, "", "Comma-separated origins allowed to call the API from a browser.",

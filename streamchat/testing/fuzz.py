@@ -37,10 +37,21 @@ CHAT = st.fixed_dictionaries({"messages": st.lists(MESSAGE, max_size=8)}) | st.d
     st.sampled_from(["messages", "model", "stream", "x"]), JSON_ANY, max_size=3) | JSON_ANY
 
 
+API_FIELDS = st.sampled_from(["model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+                              "temperature", "user", "n", "tools", "tool_choice", "response_format", "logprobs",
+                              "top_p", "stop", "metadata", "seed", "store", "frobnicate"])
+API_VALUES = JSON_ANY | st.integers(-2, 3) | st.sampled_from([{"include_usage": True}, {"type": "text"}, "auto"])
+#: The OpenAI-compatible API's bodies: mostly well-formed requests with odd extras, then anything.
+API = st.builds(lambda base, extra: {**base, **extra},
+                st.fixed_dictionaries({"model": st.sampled_from(["m", "rules", ""]) | JSON_LEAF,
+                                       "messages": st.lists(MESSAGE, max_size=6)}),
+                st.dictionaries(API_FIELDS, API_VALUES, max_size=3)) | st.dictionaries(API_FIELDS, JSON_ANY, max_size=4)
+
+
 @st.composite
-def chat_bodies(draw) -> tuple[bytes, str]:
+def chat_bodies(draw, shapes=CHAT) -> tuple[bytes, str]:
     """A request body and its content type: JSON of every shape, other encodings, and bytes that are not JSON."""
-    value = draw(CHAT)
+    value = draw(shapes)
     form = draw(st.sampled_from(["json", "json", "ascii", "utf-16", "nested", "bytes", "truncated"]))
     if form == "bytes":
         body = draw(st.binary(max_size=200))
@@ -117,9 +128,10 @@ def exchange(host: str, port: int, data: bytes) -> bytes:
     return received
 
 
-def chat_request(body: bytes, content_type: str) -> bytes:
-    head = (f"POST /api/chat HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
-            + (f"Content-Type: {content_type}\r\n" if content_type else "") + "\r\n")
+def chat_request(body: bytes, content_type: str, path: str = "/api/chat", key: str = "") -> bytes:
+    head = (f"POST {path} HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
+            + (f"Content-Type: {content_type}\r\n" if content_type else "")
+            + (f"Authorization: Bearer {key}\r\n" if key else "") + "\r\n")
     return head.encode() + body
 
 
@@ -128,7 +140,7 @@ def check(answer: bytes, request: bytes) -> int:
     if not answer:
         return 0
     line = request.split(b"\r\n", 1)[0]
-    method, path_is_chat = line.split(b" ")[0], b" /api/chat" in line
+    method, path_is_chat, path_is_api = line.split(b" ")[0], b" /api/chat" in line, b" /v1/" in line
     head, _, body = answer.partition(b"\r\n\r\n")
     status_line, *header_lines = head.split(b"\r\n")
     status = int(status_line.split(b" ")[1])
@@ -147,6 +159,13 @@ def check(answer: bytes, request: bytes) -> int:
             assert set(payload["error"]) == {"code", "message"}, payload
         elif status == 200 and method == b"POST":
             assert headers[b"x-terminal-mode"] in (b"live", b"fallback")
+    if path_is_api and b"x-request-id" in headers and 400 <= status < 500 and method != b"HEAD":
+        if headers.get(b"transfer-encoding") == b"chunked":
+            body = _unchunk(body)
+        elif b"content-length" in headers:
+            body = body[: int(headers[b"content-length"])]
+        payload = json.loads(body)
+        assert set(payload["error"]) == {"message", "type", "param", "code"}, payload  # OpenAI's shape
     return status
 
 
@@ -168,8 +187,10 @@ def _unchunk(body: bytes) -> bytes:
     return out
 
 
-def fuzz(host: str, port: int, examples: int, counts: collections.Counter | None = None) -> collections.Counter:
-    """Run ``examples`` chat bodies and as many raw requests against the service; return the status counts."""
+def fuzz(host: str, port: int, examples: int, counts: collections.Counter | None = None,
+         api_key: str = "") -> collections.Counter:
+    """Run ``examples`` chat bodies and as many raw requests against the service (and with ``api_key``, as many
+    ``/v1/chat/completions`` bodies); return the status counts."""
     counts = collections.Counter() if counts is None else counts
     options = settings(max_examples=examples, deadline=None, database=None, derandomize=False,
                        suppress_health_check=list(HealthCheck))
@@ -185,8 +206,16 @@ def fuzz(host: str, port: int, examples: int, counts: collections.Counter | None
     def raw(data: bytes) -> None:
         counts[f"raw {check(exchange(host, port, data), data)}"] += 1
 
+    @options
+    @given(chat_bodies(API))
+    def api_bodies(case: tuple[bytes, str]) -> None:
+        data = chat_request(*case, path="/v1/chat/completions", key=api_key)
+        counts[f"api {check(exchange(host, port, data), data)}"] += 1
+
     bodies()
     raw()
+    if api_key:
+        api_bodies()
     return counts
 
 
@@ -194,9 +223,10 @@ def main(argv: Any = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("url", help="the service, e.g. http://127.0.0.1:8000")
     parser.add_argument("--examples", type=int, default=10_000, help="examples of each kind (bodies, raw requests)")
+    parser.add_argument("--api-key", default="", help="one of the service's SERVICE_API_KEYS: fuzz /v1 too")
     args = parser.parse_args(argv)
     host, port = args.url.removeprefix("http://").rstrip("/").split(":")
-    counts = fuzz(host, int(port), args.examples)
+    counts = fuzz(host, int(port), args.examples, api_key=args.api_key)
     print(json.dumps({"examples": sum(counts.values()), "statuses": dict(sorted(counts.items()))}, indent=1))
 
 

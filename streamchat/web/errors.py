@@ -1,11 +1,12 @@
-"""Every error answer is JSON ``{"error": {"code", "message"}}``, built by ``error_response()``."""
+"""Every error answer is JSON, built by ``error_response()``: ``{"error": {"code", "message"}}``, and on the
+OpenAI-compatible ``/v1/`` routes OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``."""
 
 from __future__ import annotations
 
 import logging
 import re
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..domain.validation import InvalidRequest
@@ -16,9 +17,18 @@ from .service import service
 log = logging.getLogger("streamchat")
 
 
-def error_response(status: int, code: str, message: str, headers=None) -> Response:
+#: OpenAI's error ``type`` for a status; the SDKs pick their exception class by the status alone.
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                429: "rate_limit_error"}
+
+
+def error_response(status: int, code: str, message: str, headers=None, param: str | None = None) -> Response:
     """Return the JSON error answer with ``status``, a stable ``code`` for programs and a sentence for people."""
-    response = jsonify({"error": {"code": code, "message": message}})
+    if request.path.startswith("/v1/"):
+        kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        response = jsonify({"error": {"message": message, "type": kind, "param": param, "code": code}})
+    else:
+        response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -34,7 +44,7 @@ def init_app(app: Flask) -> None:
 
 
 def _invalid_request(error: InvalidRequest) -> Response:
-    return error_response(error.status, error.code, error.message)
+    return error_response(error.status, error.code, error.message, param=error.param)
 
 
 def _http_error(error: HTTPException) -> Response:

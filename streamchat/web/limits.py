@@ -11,7 +11,9 @@
   the rules answer instead of the model (``X-Terminal-Reason: budget``).
 - The client is the peer address, or with ``TRUSTED_PROXIES=N`` the address N
   proxies back in ``X-Forwarded-For`` (werkzeug's ``ProxyFix``, see ``headers.py``),
-  so a client cannot reset its count by sending its own header.
+  so a client cannot reset its count by sending its own header. On the ``/v1``
+  API the client is the service key (``API_RATE_LIMIT`` per key), and for
+  budgets the key's end user when the request names one (``g.client``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import functools
 import logging
 import time
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
 from flask_limiter import Limiter
 from limits import parse_many
 from limits.storage import storage_from_string
@@ -30,14 +32,21 @@ from werkzeug.exceptions import TooManyRequests
 from ..config import Settings
 from ..redaction import url_without_secrets
 from . import failsoft
+from .api_keys import key_id
 from .counters import SCHEME
 
 log = logging.getLogger("streamchat")
 
 
 def client_id() -> str:
-    """Return who the client is: the peer address, as corrected by ProxyFix for trusted proxies."""
-    return request.remote_addr or "unknown"
+    """Return who the client is: the one a view named (``g.client``), else the peer address (ProxyFix-corrected)."""
+    return g.get("client") or request.remote_addr or "unknown"
+
+
+def api_client_id() -> str:
+    """Return who calls the ``/v1`` API, for its rate limit: the key's id, or the address for a request without
+    a valid key (guessing keys is rate limited too). Runs before the view, in flask-limiter's hook."""
+    return key_id(request.headers.get("Authorization"), _settings().service_api_keys) or request.remote_addr or "unknown"
 
 
 # No in_memory_fallback: FailSoftStorage never raises, so flask-limiter's own fallback (a traceback per
@@ -56,6 +65,18 @@ def chat_rate_limit() -> str:
 
 def rate_limit_off() -> bool:
     return not _settings().chat_rate_limit
+
+
+def limit_api(view):
+    """Decorate a ``/v1`` view with ``API_RATE_LIMIT``, per service key."""
+    limited = limiter.limit(lambda: _settings().api_rate_limit or "1/second", key_func=api_client_id,
+                            exempt_when=lambda: not _settings().api_rate_limit)(view)
+
+    @functools.wraps(view)
+    def api_view(*args, **kwargs):
+        return (limited if limiter.enabled else view)(*args, **kwargs)
+
+    return api_view
 
 
 def limit_chat(view):
@@ -120,8 +141,13 @@ class LiveBudget:
 
 
 def counting(settings: Settings) -> bool:
-    """Whether anything is counted: a rate limit on the chat, or a live-model budget."""
-    return bool(settings.chat_rate_limit or settings.llm_budget_per_client or settings.llm_budget_global)
+    """Whether anything is counted: a rate limit on the chat or the API, or a live-model budget."""
+    return bool(settings.chat_rate_limit or settings.llm_budget_per_client or settings.llm_budget_global
+                or api_limited(settings))
+
+
+def api_limited(settings: Settings) -> bool:
+    return bool(settings.service_api_keys and settings.api_rate_limit)
 
 
 def storage_health(budget: LiveBudget) -> dict:
@@ -177,5 +203,5 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.config["RATELIMIT_STORAGE_OPTIONS"] = options
     # Without a rate limit flask-limiter stays off: its hooks alone cost 190-450 µs a request
     # (measured in-process, against 540-900 µs for the rest of a fallback reply).
-    app.config["RATELIMIT_ENABLED"] = bool(settings.chat_rate_limit)
+    app.config["RATELIMIT_ENABLED"] = bool(settings.chat_rate_limit or api_limited(settings))
     limiter.init_app(app)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 
-from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
-from werkzeug.exceptions import NotFound, RequestEntityTooLarge
+from flask import Blueprint, Response, g, jsonify, render_template, request
+from werkzeug.exceptions import NotFound
 
 from ..domain.relay import ReplyRecord
 from ..domain.validation import InvalidRequest, Limits, parse_chat_request
-from ..server.disconnect import ClientTimeout, MalformedBody, read_body_within, watch_client
+from ..server.disconnect import watch_client
 from ..server.drain import DRAIN
 from ..redaction import url_without_secrets
 from .access import request_started, request_tags
@@ -19,6 +19,7 @@ from .service import service
 from ..shared.redis import ERRORS
 from ..shared.streams import BadOffset, UnknownStream
 from .errors import error_response
+from .request_body import request_body_within
 from .resume import recorded_response, replay_response
 from .streaming import plain_text, reply_response
 
@@ -66,7 +67,7 @@ def chat():
     settings = svc.settings
     # No name keeps the body once it is parsed: while the first token is awaited, a stream holds the
     # conversation once, not also as the JSON it came in (up to six bytes a character: "\u00e9").
-    messages = parse_chat_request(_request_body_within(settings.client_timeout), request.content_type,
+    messages = parse_chat_request(request_body_within(settings.client_timeout), request.content_type,
                                   Limits(settings.chat_max_messages, settings.chat_max_chars))
     record = ReplyRecord(started=request_started(),
                          tags=request_tags(messages[-1]["content"] if settings.log_user_text else None))
@@ -140,26 +141,6 @@ def shared_health(svc) -> dict:
                         "its own rate-limit counts): set REDIS_URL to share them"}
     health = getattr(svc.relay.breaker, "health", None)
     return {"redis": url_without_secrets(url), **(health() if health else {"healthy": True})}
-
-
-def _request_body_within(seconds: float) -> bytes:
-    try:
-        return read_body_within(request.environ, _request_body, seconds)
-    except ClientTimeout:
-        raise InvalidRequest(408, "request_timeout", f"The request body did not arrive within {seconds:g} s.") from None
-    except MalformedBody as exc:
-        raise InvalidRequest(400, "invalid_body_framing",
-                             f"The request body's chunked framing is broken ({exc}).") from None
-
-
-def _request_body() -> bytes:
-    body = request.get_data(cache=False)
-    # A chunked body has no Content-Length: werkzeug stops reading it at MAX_CONTENT_LENGTH without a word,
-    # and the cut JSON would be reported as malformed. One more byte on the wire means it was too large.
-    if request.content_length is None and len(body) >= current_app.config["MAX_CONTENT_LENGTH"]:
-        if request.environ["wsgi.input"].read(1):
-            raise RequestEntityTooLarge()
-    return body
 
 
 @bp.get("/metrics")
