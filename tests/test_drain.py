@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 
 import pytest
 
-from servers import Gunicorn, OpenStream, eventually, parse_chunked, request
+from servers import Gunicorn, OpenStream, chat_body, eventually, parse_chunked, request
 from streamchat.web.streaming import RESTARTING_NOTICE
 
 DRAIN_SECONDS = 3
+KEY = "drain-service-key-0123456789"
 SHORT = {"tokens": 20, "interval_ms": 50, "first_token_ms": 20}  # about 1 s: ends within the drain time
 LONG = {"tokens": 2000, "interval_ms": 50, "first_token_ms": 20}  # about 100 s: still running when it is up
 
@@ -19,7 +21,7 @@ LONG = {"tokens": 2000, "interval_ms": 50, "first_token_ms": 20}  # about 100 s:
 def instances(request, fake, log_dir, tmp_path):
     """The instance to restart, and (with Redis) a second one that stays, to read its records."""
     env = dict(OPENAI_BASE_URL=f"{fake.url}/v1", OPENAI_MODEL="fake-gpt", DRAIN_SECONDS=str(DRAIN_SECONDS),
-               LLM_IDLE_TIMEOUT="5", LLM_COOLDOWN="0")
+               LLM_IDLE_TIMEOUT="5", LLM_COOLDOWN="0", SERVICE_API_KEYS=KEY)
     if request.param == "unrecorded":
         with Gunicorn(log_dir, workers=2, RESUME_TTL="0", **env) as server:
             yield server, None
@@ -36,6 +38,15 @@ def test_sigterm_lets_short_replies_finish_and_ends_long_ones_with_the_restartin
     streams = [OpenStream(server.url, f"{tag}-short-{i}", SHORT) for i in range(3)]
     streams += [OpenStream(server.url, f"{tag}-long-{i}", LONG) for i in range(3)]
     assert all(stream.started.wait(15) for stream in streams)
+    # The OpenAI-compatible API too: a whole reply being read, and a stream.
+    api_answers: dict[str, tuple] = {}
+    for stream in (False, True):
+        body = {"model": "fake-gpt", "stream": stream, "messages": chat_body("api", id=f"{tag}-api-{stream}",
+                                                                             **LONG)["messages"]}
+        threading.Thread(target=lambda s=stream, b=body: api_answers.__setitem__(s, request(
+            server.url, "POST", "/v1/chat/completions", b, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)),
+            daemon=True).start()
+    assert fake.wait_for(lambda: all(fake.find(f"{tag}-api-{s}") for s in (False, True)))
     # A readiness probe already on its way (its head half sent) when the SIGTERM comes.
     probe = socket.create_connection(("127.0.0.1", server.port), timeout=15)
     probe.sendall(b"GET /readyz HTTP/1.1\r\n")
@@ -64,6 +75,14 @@ def test_sigterm_lets_short_replies_finish_and_ends_long_ones_with_the_restartin
         assert fake.wait_for(lambda: record.peer_closed) and record.finished is None
         assert fake.find(f"{tag}-short-{i}").finished
     assert "Traceback" not in server.log()
+    whole_status, _, whole = api_answers[False]
+    answer = json.loads(whole)
+    assert whole_status == 200 and answer["choices"][0]["message"]["content"].endswith(RESTARTING_NOTICE)
+    assert answer["x_terminal"] == {"mode": "live", "reason": "restarting", "ended": "cut_short",
+                                    "usage_estimated": True}
+    stream_status, _, streamed = api_answers[True]
+    assert stream_status == 200 and streamed.endswith(b"data: [DONE]\n\n")
+    assert json.dumps(RESTARTING_NOTICE).encode() in streamed
 
     if other is not None:  # the records were ended and written before the worker exited: ask again elsewhere
         stream = streams[3]

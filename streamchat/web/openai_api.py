@@ -27,7 +27,7 @@ from .limits import limit_api
 from .openai_wire import RULES_MODEL, chunks, completion, new_completion_id, parse_completion_request
 from .request_body import request_body_within
 from .service import service
-from .streaming import reply_headers, reply_response
+from .streaming import drainable, reply_headers, reply_response
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
@@ -69,11 +69,11 @@ def chat_completions():
     g.reply_record = record  # logged by its listener when the reply closes
     completion_id = new_completion_id()
     if parsed.stream:
-        response = reply_response(reply, lambda r: chunks(r, completion_id, parsed.include_usage),
-                                  "text/event-stream; charset=utf-8")
-        return response
+        return reply_response(reply, lambda r: chunks(r, completion_id, parsed.include_usage),
+                              "text/event-stream; charset=utf-8")
     try:
-        body = completion(reply, completion_id)
+        # Read here, in the request: a restart's drain must be able to end it as it ends a stream.
+        body = completion(reply, completion_id, drainable(reply.text(), record))
     finally:
         reply.close()
     return Response(json.dumps(body), content_type="application/json", headers=reply_headers(reply))

@@ -222,10 +222,10 @@ def chunks(reply: Reply, completion_id: str, include_usage: bool) -> Iterator[by
     yield b"data: [DONE]\n\n"
 
 
-def completion(reply: Reply, completion_id: str) -> dict[str, Any]:
-    """Read ``reply`` to its end and return it as one ``chat.completion`` object."""
+def completion(reply: Reply, completion_id: str, texts: Iterator[str] | None = None) -> dict[str, Any]:
+    """Read ``reply`` to its end (``texts``: its text, as the caller wraps it) and return one ``chat.completion``."""
     record = reply.record
-    text = "".join(reply.text())
+    text = "".join(reply.text() if texts is None else texts)
     if record.ended == CUT_SHORT:
         text += cut_short_notice(record.cut_reason)
     record.bytes = len(text.encode())

@@ -63,13 +63,13 @@ def reply_headers(reply: Reply) -> dict[str, str]:
 
 def reply_response(reply: Reply, framer: Callable[[Reply], Iterator[bytes]], content_type: str) -> Response:
     """Return the response streaming ``reply`` through ``framer``; closing it closes the reply."""
-    response = StreamingResponse(stream_with_context(_drainable(framer(reply), reply.record)), content_type=content_type,
+    response = StreamingResponse(stream_with_context(drainable(framer(reply), reply.record)), content_type=content_type,
                                  headers={**STREAM_HEADERS, **reply_headers(reply)})
     response.call_on_close(reply.close)
     return response
 
 
-def _drainable(body: Iterator[bytes], record: ReplyRecord) -> Iterator[bytes]:
+def drainable(body: Iterator, record: ReplyRecord) -> Iterator:
     """Pass ``body`` on, letting the worker's drain end its reply wherever its greenlet waits."""
     interrupt = interrupter()
     if interrupt is None:  # not under gevent: nothing drains
