@@ -125,6 +125,11 @@ class HTTPProvider(Provider):
     def parse_json_body(self, payload: Any, usage: Usage) -> str:
         raise NotImplementedError
 
+    def ask_again_without_extras(self, error: ProviderError) -> bool:
+        """Whether ``error`` refused a field the request can go without: then leave it out from now on and say
+        True, and the request is sent once more. By default nothing is optional."""
+        return False
+
     def max_tokens_for(self, options: Options) -> int:
         """The reply's token limit: the request's, never above the configured one."""
         return min(options.max_tokens, self.max_tokens) if options.max_tokens else self.max_tokens
@@ -149,6 +154,14 @@ class HTTPProvider(Provider):
             # Returned without its request: the conversation in its body is freed once sent.
             response = send_json(self.session, *self.build_request(messages, options),
                                  timeout=(timeouts.connect, timeouts.first_token))
+            if response.status_code != 200:
+                error = error_for_status(self.name, response.status_code, response.headers,
+                                         response.raw.read(ERROR_BODY_LIMIT))
+                response.close()
+                if not self.ask_again_without_extras(error):
+                    raise error
+                response = send_json(self.session, *self.build_request(messages, options),
+                                     timeout=(timeouts.connect, timeouts.first_token))
         del messages  # a long conversation must not stay in memory while the reply streams
         body = None
         try:

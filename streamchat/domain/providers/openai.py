@@ -9,7 +9,7 @@ from ...errors import ProviderRejected
 from ...transport.failures import in_stream_error
 from ..sse import ServerSentEvent
 from ..usage import Usage, token_count
-from .base import DEFAULT_OPTIONS, EndOfStream, HTTPProvider, Options, load_json_event
+from .base import EndOfStream, HTTPProvider, load_json_event
 
 log = logging.getLogger("streamchat")
 
@@ -39,16 +39,14 @@ class OpenAIChat(HTTPProvider):
     #: Ask for the usage chunk; set to False for a server that refused the field (some compatibles do).
     include_usage = True
 
-    def stream(self, messages, options: Options = DEFAULT_OPTIONS, usage: Usage | None = None):
-        try:
-            yield from super().stream(messages, options, usage)
-        except ProviderRejected as exc:
-            # A 400 naming stream_options comes before any text: ask again, once, without it.
-            if not (self.include_usage and exc.status == 400 and "stream_options" in str(exc)):
-                raise
-            self.include_usage = False
-            log.info("%s refused stream_options: usage will be estimated for its replies", self.name)
-            yield from super().stream(messages, options, usage)
+    def ask_again_without_extras(self, error):
+        # Some compatible servers answer 400 to a field they do not know: then go without the usage chunk.
+        if not (self.include_usage and isinstance(error, ProviderRejected) and error.status == 400
+                and "stream_options" in str(error)):
+            return False
+        self.include_usage = False
+        log.info("%s refused stream_options: usage will be estimated for its replies", self.name)
+        return True
 
     def build_request(self, messages, options):
         body: dict[str, Any] = {"model": self.model, "stream": True, "max_tokens": self.max_tokens_for(options)}
