@@ -21,6 +21,7 @@ from streamchat.shared import redis as shared_redis
 from streamchat.shared.breaker import SharedBreaker
 from streamchat.shared.redis_streams import RedisStreams
 from streamchat.shared.streams import MemoryStreams
+from streamchat.shared.token_budget import TokenBudgets
 from streamchat.web import access, errors, headers, limits
 from streamchat.web.metrics import Metrics, process_metrics
 from streamchat.web.service import EXTENSION, Service
@@ -54,8 +55,12 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     if metrics is not None:
         metrics.watch(relay)
     streams = _stream_records(settings, shared)
+    tokens = None
+    if settings.llm_token_budget_per_client or settings.llm_token_budget_global:
+        tokens = TokenBudgets(settings.llm_token_budget_per_client, settings.llm_token_budget_global, shared)
+        relay.listeners.append(limits.token_settler(tokens))
     app.extensions[EXTENSION] = Service(settings=settings, relay=relay, budget=limits.LiveBudget(settings),
-                                        streams=streams, metrics=metrics)
+                                        streams=streams, metrics=metrics, tokens=tokens)
     if isinstance(streams, RedisStreams):
         DRAIN.exit_hooks.append(streams.flush)  # the records' last writes, before the worker exits
     log.info("providers: %s", ", ".join(f"{p.name}({p.model})" for p in relay.chain) or no_provider_hint())

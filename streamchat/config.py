@@ -258,6 +258,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Soft per-client budget of live-model replies, e.g. `50/day`; above it the rules answer.", example="50/day"),
     Setting("LLM_BUDGET_GLOBAL", _budget, "", "Soft budget of live-model replies for the whole service, e.g. `5000/day`.",
             example="5000/day"),
+    Setting("LLM_TOKEN_BUDGET_PER_CLIENT", _budget, "",
+            "Tokens (prompt and reply) one client may spend on live models, e.g. `20000/day`; reserved before a model "
+            "is called, settled on what the reply used; past it the rules answer.", example="20000/day"),
+    Setting("LLM_TOKEN_BUDGET_GLOBAL", _budget, "", "Tokens the whole service may spend on live models, e.g. "
+            "`2000000/day`.", example="2000000/day"),
     Setting("SERVICE_API_KEYS", _service_keys, "",
             "Comma-separated secrets your own backends send as `Authorization: Bearer <key>` to the "
             "OpenAI-compatible `/v1` API; empty: `/v1` answers 404. Each key is its own client for limits and budgets.",

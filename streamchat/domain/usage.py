@@ -9,6 +9,7 @@ Counts made this way are labelled estimated wherever they are shown.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 CHARS_PER_TOKEN = 4
@@ -31,6 +32,16 @@ class Usage:
 
     input_tokens: int | None = None
     output_tokens: int | None = None
+
+
+#: The prompt's estimate is raised by this much when reserving: a tokenizer may count more than four characters
+#: a token would say (other languages, code), and a budget must not be overrun by the estimate's error.
+PROMPT_MARGIN = 1.25
+
+
+def reservation_size(prompt_chars: int, max_tokens: int) -> int:
+    """Return the tokens to reserve for a reply: the prompt's estimate with its margin, and the reply's maximum."""
+    return math.ceil(estimate_tokens(prompt_chars) * PROMPT_MARGIN) + max_tokens
 
 
 def token_count(value) -> int | None:

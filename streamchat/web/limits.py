@@ -9,6 +9,10 @@
   so: the chat keeps answering.
 - ``LiveBudget`` is softer: past ``LLM_BUDGET_PER_CLIENT`` or ``LLM_BUDGET_GLOBAL``
   the rules answer instead of the model (``X-Terminal-Reason: budget``).
+- Token budgets (``LLM_TOKEN_BUDGET_*``, ``shared.token_budget``): ``reserve_tokens``
+  sets a reply's estimated tokens aside before any model is called (the rules
+  answer, reason ``budget``, when they do not fit) and ``settle_tokens``, a relay
+  listener, replaces them by what the reply used when it ends.
 - The client is the peer address, or with ``TRUSTED_PROXIES=N`` the address N
   proxies back in ``X-Forwarded-For`` (werkzeug's ``ProxyFix``, see ``headers.py``),
   so a client cannot reset its count by sending its own header. On the ``/v1``
@@ -30,6 +34,9 @@ from limits.strategies import STRATEGIES, RateLimiter
 from werkzeug.exceptions import TooManyRequests
 
 from ..config import Settings
+from ..domain.relay import ReplyRecord
+from ..domain.usage import reservation_size
+from ..shared.token_budget import TokenBudgets
 from ..redaction import url_without_secrets
 from . import failsoft
 from .api_keys import key_id
@@ -138,6 +145,48 @@ class LiveBudget:
             log.warning("live budget unavailable, not enforced: %s", exc)
             return None
         return None if allowed else "budget"
+
+
+def reserve_tokens(tokens: TokenBudgets | None, record: ReplyRecord, messages: list[dict[str, str]],
+                   settings: Settings, max_tokens: int | None, live_possible: bool) -> str | None:
+    """Reserve the reply's tokens for this client; return "budget" if they do not fit (None otherwise).
+
+    Whatever happens, the record's ``token_budget_remaining`` tag says what the client may still spend
+    (the ``X-Token-Budget-Remaining`` header). A reply no model can write reserves nothing.
+    """
+    if tokens is None or not tokens.enabled:
+        return None
+    who = client_id()
+    if not live_possible:
+        record.tags["token_budget_remaining"] = tokens.remaining(who)
+        return None
+    chars = sum(len(m["content"]) for m in messages) + len(settings.system_prompt or "")
+    limit = min(max_tokens, settings.llm_max_tokens) if max_tokens else settings.llm_max_tokens
+    reservation, left = tokens.reserve(who, reservation_size(chars, limit))
+    record.tags["token_budget_remaining"] = left
+    if reservation is None:
+        return "budget"
+    record.tags["token_reservation"] = reservation
+    return None
+
+
+def token_settler(tokens: TokenBudgets):
+    """Return the relay listener that settles each reply's reservation on the tokens it used."""
+
+    def settle_tokens(record: ReplyRecord) -> None:
+        reservation = record.tags.get("token_reservation")
+        if reservation is not None:  # a fallback reply used nothing; a live one, its usage or estimate
+            used = record.input_tokens + record.output_tokens if record.mode == "live" else 0
+            tokens.settle(reservation, used)
+
+    return settle_tokens
+
+
+def release_tokens(tokens: TokenBudgets | None, record: ReplyRecord) -> None:
+    """Give back a reservation whose reply never opened (the client left while the model was awaited)."""
+    reservation = record.tags.get("token_reservation")
+    if tokens is not None and reservation is not None:
+        tokens.settle(reservation, 0)
 
 
 def counting(settings: Settings) -> bool:

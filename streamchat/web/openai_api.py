@@ -23,7 +23,7 @@ from ..domain.validation import InvalidRequest, Limits
 from ..server.disconnect import watch_client
 from .access import request_started, request_tags
 from .api_keys import key_id
-from .limits import limit_api
+from .limits import limit_api, release_tokens, reserve_tokens
 from .openai_wire import RULES_MODEL, chunks, completion, new_completion_id, parse_completion_request
 from .request_body import request_body_within
 from .service import service
@@ -61,11 +61,17 @@ def chat_completions():
                          tags=request_tags(parsed.messages[-1]["content"] if settings.log_user_text else None))
     record.tags["api_key"] = g.api_key
     live_denied = RULES_REQUESTED if parsed.model == RULES_MODEL else svc.budget.live_denied()
+    live_denied = reserve_tokens(svc.tokens, record, parsed.messages, settings, parsed.max_tokens,
+                                 live_possible=live_denied is None and bool(svc.relay.chain)) or live_denied
     prefer = next((p.name for p in svc.relay.chain if parsed.model in (p.model, p.name)), None)
     options = Options(max_tokens=parsed.max_tokens, temperature=parsed.temperature)
     watch = watch_client(request.environ)
-    reply = svc.relay.open(parsed.messages, on_close=watch.stop, live_denied=live_denied, record=record,
-                           options=options, prefer=prefer)
+    try:
+        reply = svc.relay.open(parsed.messages, on_close=watch.stop, live_denied=live_denied, record=record,
+                               options=options, prefer=prefer)
+    except BaseException:
+        release_tokens(svc.tokens, record)
+        raise
     g.reply_record = record  # logged by its listener when the reply closes
     completion_id = new_completion_id()
     if parsed.stream:

@@ -9,6 +9,7 @@ from flask import current_app
 from ..config import Settings
 from ..domain.relay import Relay
 from ..shared.streams import MemoryStreams
+from ..shared.token_budget import TokenBudgets
 from .limits import LiveBudget
 from .metrics import Metrics
 
@@ -24,6 +25,7 @@ class Service:
     budget: LiveBudget
     streams: MemoryStreams | None  # the stream records (shared.streams); None with RESUME_TTL=0
     metrics: Metrics | None = None  # None unless METRICS_TOKEN is set
+    tokens: TokenBudgets | None = None  # None unless a token budget is set
 
 
 def service() -> Service:

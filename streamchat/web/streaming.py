@@ -58,6 +58,9 @@ def reply_headers(reply: Reply) -> dict[str, str]:
         headers["X-Terminal-Model"] = record.model
     if record.mode == "fallback":
         headers["X-Terminal-Reason"] = record.reason
+    remaining = record.tags.get("token_budget_remaining")
+    if remaining is not None:
+        headers["X-Token-Budget-Remaining"] = str(remaining)
     return headers
 
 

@@ -13,7 +13,7 @@ from ..server.disconnect import watch_client
 from ..server.drain import DRAIN
 from ..redaction import url_without_secrets
 from .access import request_started, request_tags
-from .limits import limit_chat, storage_health
+from .limits import limit_chat, release_tokens, reserve_tokens, storage_health
 from .metrics import CONTENT_TYPE, token_matches
 from .service import service
 from ..shared.redis import ERRORS
@@ -72,10 +72,17 @@ def chat():
     record = ReplyRecord(started=request_started(),
                          tags=request_tags(messages[-1]["content"] if settings.log_user_text else None))
     live_denied = svc.budget.live_denied()
+    live_denied = reserve_tokens(svc.tokens, record, messages, settings, None,
+                                 live_possible=live_denied is None and bool(svc.relay.chain)) or live_denied
     grace = settings.resume_grace if svc.streams is not None else 0
     # With a grace period the reply outlives its client, so a client that leaves must not end it at once.
     watch = watch_client(request.environ) if not grace else None
-    reply = svc.relay.open(messages, on_close=watch.stop if watch else None, live_denied=live_denied, record=record)
+    try:
+        reply = svc.relay.open(messages, on_close=watch.stop if watch else None, live_denied=live_denied,
+                               record=record)
+    except BaseException:
+        release_tokens(svc.tokens, record)
+        raise
     g.reply_record = record  # logged by its listener when the reply closes
     if svc.streams is None:
         return reply_response(reply, plain_text, "text/plain; charset=utf-8")
@@ -170,8 +177,9 @@ def healthz():
     """Report whether the service is up and which providers and rules it uses (never a key)."""
     svc = service()
     body = {"status": "ok", **svc.relay.health(), "rate_limit": storage_health(svc.budget),
+            "token_budget": svc.tokens.health() if svc.tokens else {"budget": "none"},
             "shared": shared_health(svc), "resume": resume_health(svc)}
     if (body["rules"]["error"] or not body["rate_limit"]["healthy"] or not body["shared"]["healthy"]
-            or not body["resume"].get("healthy", True)):
+            or not body["resume"].get("healthy", True) or not body["token_budget"].get("healthy", True)):
         body["status"] = "degraded"
     return jsonify(body)
