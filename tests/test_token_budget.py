@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import threading
-
-import pytest
 
 from servers import Gunicorn, OpenStream, chat_body, eventually, request
 from streamchat.shared import redis as shared_redis
@@ -111,4 +108,18 @@ def test_fallback_and_api_answers_carry_the_remaining_budget_too(log_dir):
                                 {"model": "m", "messages": chat_body("hello")["messages"]},
                                 headers={"Authorization": f"Bearer {key}"})
         assert headers["X-Token-Budget-Remaining"] == "2000"  # the key is its own client
-    assert threading.active_count() >= 1
+
+
+def test_with_redis_the_count_outlives_a_restart(fake, log_dir, redis_server):
+    env = dict(OPENAI_BASE_URL=f"{fake.url}/v1", OPENAI_MODEL="fake-gpt",
+               REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0", LLM_TOKEN_BUDGET_GLOBAL="100000/day")
+    with Gunicorn(log_dir, **env) as server:
+        assert request(server.url, "POST", "/api/chat", chat_body("spend some"))[0] == 200
+        line = eventually(lambda: next((l for l in server.access_lines() if "output_tokens=" in l), None))
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        spent = int(fields["input_tokens"]) + int(fields["output_tokens"])  # settled on the upstream's usage
+        assert eventually(lambda: json.loads(request(server.url, "GET", "/healthz")[2])["token_budget"][
+            "global_remaining"] == 100000 - spent)
+    with Gunicorn(log_dir, **env) as restarted:  # a new process: its memory knows nothing of the first
+        left = json.loads(request(restarted.url, "GET", "/healthz")[2])["token_budget"]["global_remaining"]
+        assert left == 100000 - spent
