@@ -27,6 +27,7 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
+from bench import markdown_render
 from bench.loadgen import build_request, concurrent_streams, looping_clients
 from streamchat.testing.fake_upstream import OpenAIWire, sse_event, tokens_of
 
@@ -565,6 +566,8 @@ TARGETS = [
     ("recording", "on_vs_off", "<=", 1.15, "1,000 streams recorded in Redis: CPU ≤ 1.15 × recording off"),
     ("openai_api", "v1_vs_chat", "<=", 1.15, "1,000 streams through /v1/chat/completions: CPU per chunk ≤ 1.15 × "
                                               "/api/chat"),
+    ("markdown", "last_vs_first", "<=", 1.2, "Markdown, 20,000 tokens in 5-token chunks: a chunk's render, last "
+                                             "tenth ≤ 1.2 × first"),
     ("metrics", "on_vs_off", "<=", 1.03, "1,000 streams, metrics on and scraped each second: CPU per chunk ≤ 1.03 × off"),
 ]
 
@@ -615,7 +618,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
-                                       "fallback,aborts,metrics,openai_api, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
+                                       "fallback,aborts,metrics,openai_api,markdown, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
     parser.add_argument("--abuse", action="store_true",
                         help="run the soak, abuse and two-instance scenarios (about 16 minutes)")
     parser.add_argument("--before", metavar="REV", help="also run REV's service in turn, in soak, counting and metrics")
@@ -641,7 +644,7 @@ def main() -> None:
     scenarios = {"one_client": bench.one_client, "streams_200": lambda: bench.concurrent(200),
                  "streams_1000": lambda: bench.concurrent(1000, floor=True), "bursts": bench.bursts,
                  "fallback": bench.fallback, "aborts": bench.aborts, "metrics": bench.metrics,
-                 "openai_api": bench.openai_api,
+                 "openai_api": bench.openai_api, "markdown": markdown_render.run,
                  **{name: getattr(abuse, name) for name in ABUSE},
                  **{name: getattr(Instances(bench), name) for name in INSTANCES}}
     chosen = (args.only.split(",") if args.only else ABUSE + INSTANCES if args.abuse

@@ -49,28 +49,17 @@
 
   // -- rendering -------------------------------------------------------------------------
 
-  // Split text on ``` fences: even parts are prose, odd parts code (first line = language).
-  function renderContent(container, text) {
-    container.replaceChildren();
-    text.split("```").forEach((part, index) => {
-      if (index % 2 === 0) {
-        if (part) {
-          const prose = document.createElement("p");
-          prose.className = "prose";
-          prose.textContent = part.replace(/^\n+|\n+$/g, "");
-          if (prose.textContent) container.append(prose);
-        }
-        return;
-      }
-      const newline = part.indexOf("\n");
-      const language = newline > 0 ? part.slice(0, newline).trim() : "";
-      const pre = document.createElement("pre");
-      const code = document.createElement("code");
-      code.textContent = newline >= 0 ? part.slice(newline + 1).replace(/\n$/, "") : part;
-      if (language) pre.dataset.language = language;
-      pre.append(code);
-      container.append(pre);
-    });
+  // A reply is Markdown, rendered safely and incrementally (static/markdown.js: one renderer per reply,
+  // so a new chunk costs what its block costs); what the user typed is shown as typed.
+  function renderContent(container, text, role) {
+    if (role === "user") {
+      const prose = document.createElement("p");
+      prose.textContent = text;
+      container.replaceChildren(prose);
+      return;
+    }
+    if (!container.markdown) container.markdown = window.streamchatMarkdown.render(container);
+    container.markdown.update(text);
   }
 
   function renderTag(view, message) {
@@ -93,7 +82,7 @@
     const view = template.content.firstElementChild.cloneNode(true);
     view.classList.add(message.role);
     view.querySelector(".who").textContent = message.role === "user" ? "You" : "Assistant";
-    renderContent(view.querySelector(".content"), message.content);
+    renderContent(view.querySelector(".content"), message.content, message.role);
     renderTag(view, message);
     emptyEl.hidden = true;
     threadEl.append(view);

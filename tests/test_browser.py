@@ -265,3 +265,69 @@ def test_two_seconds_without_a_network_mid_reply_and_the_reply_completes(resumab
         assert [r.id for r in fake.records].count("b-offline") == 1
     finally:
         relay.close()
+
+
+MARKDOWN = ("# Title\n\nSome **bold**, *italic* and `code`, a [link](https://example.com/a?b=1).\nA line break.\n\n"
+            "- one\n- two with `x`\n\n1. first\n2. second\n\n> quoted *words*\n\n```js\nlet a = 1 < 2;\n```\n\n"
+            "| a | b |\n|---|---|\n| 1 | **2** |\n\n---\nEnd.")
+XSS = [
+    "[click](javascript:alert(1))", "[x](JaVaScRiPt:alert(1))", "[x](data:text/html,<script>alert(1)</script>)",
+    "[x](vbscript:msgbox)", "<img src=x onerror=alert(1)>", "<script>alert(1)</script>", "&lt;b&gt; &amp; &#60;i&#62;",
+    "**<svg onload=alert(1)>**", "[<img src=x onerror=alert(1)>](https://ok.example)", "`<script>`",
+    "```\n<script>alert(1)</script>\n```", "[a](https://x.example \"t\")", "***__nested *unclosed", "[half](https://ex",
+    "<a href=javascript:alert(1)>a</a>", "![img](https://example.com/x.png)", "> <iframe src=javascript:alert(1)>",
+    "| <b>x</b> |\n|---|\n| [y](javascript:1) |", "\u202e**rtl**", "[x](  javascript:alert(1)  )",
+]
+ALLOWED_TAGS = {"P", "BR", "STRONG", "EM", "CODE", "PRE", "A", "H3", "H4", "H5", "H6", "UL", "OL", "LI", "BLOCKQUOTE",
+                "TABLE", "THEAD", "TBODY", "TR", "TH", "TD", "HR"}
+
+
+def rendered(page, chunks: list[str]) -> dict:
+    """Feed ``chunks`` to one renderer, as a stream would; return its HTML, tags, links and the plain text."""
+    return page.evaluate("""(chunks) => {
+        const box = document.createElement("div");
+        const renderer = window.streamchatMarkdown.render(box);
+        let text = "";
+        for (const chunk of chunks) { text += chunk; renderer.update(text); }
+        return {html: box.innerHTML, tags: [...box.querySelectorAll("*")].map((n) => n.tagName),
+                links: [...box.querySelectorAll("a")].map((a) => [a.getAttribute("href"), a.rel, a.target]),
+                attributes: [...box.querySelectorAll("*")].flatMap((n) => [...n.attributes].map((a) => a.name)),
+                text: box.textContent};
+    }""", chunks)
+
+
+def test_markdown_renders_the_same_whole_and_cut_at_every_boundary(live, open_page):
+    page = open_page(live)
+    whole = rendered(page, [MARKDOWN])
+    assert whole["tags"].count("LI") == 4 and {"H3", "STRONG", "EM", "CODE", "PRE", "BLOCKQUOTE", "TABLE", "HR",
+                                                "OL", "UL", "BR"} <= set(whole["tags"])
+    assert whole["links"] == [["https://example.com/a?b=1", "noopener noreferrer nofollow", "_blank"]]
+    for cut in range(1, len(MARKDOWN)):
+        assert rendered(page, [MARKDOWN[:cut], MARKDOWN[cut:]])["html"] == whole["html"], f"cut at {cut}"
+    assert rendered(page, list(MARKDOWN))["html"] == whole["html"]  # one character at a time
+
+
+def test_markdown_keeps_hostile_text_inert(live, open_page):
+    page = open_page(live)
+    page.evaluate("() => { window.alerted = false; window.alert = () => { window.alerted = true; }; }")
+    for sample in XSS:
+        for chunks in ([sample], list(sample)):
+            result = rendered(page, chunks)
+            assert page.evaluate("window.alerted") is False, (sample, result["html"])
+            assert set(result["tags"]) <= ALLOWED_TAGS, (sample, result["html"])
+            assert set(result["attributes"]) <= {"href", "rel", "target", "data-language", "start"}, sample
+            assert all(href.startswith(("https://", "http://", "mailto:")) for href, _, _ in result["links"]), sample
+    assert page.evaluate("window.alerted") is False
+    # Text stays text: the tags and entities a model writes are shown as written.
+    assert rendered(page, ["<script>alert(1)</script> &amp;"])["text"] == "<script>alert(1)</script> &amp;"
+
+
+def test_a_markdown_reply_streams_into_the_page(live, open_page):
+    page = open_page(live)
+    say(page, "md", text="## Heading\n\nA **bold** word and a [link](https://example.com).\n\n- a\n- b\n",
+        split=7, split_ms=5)
+    page.wait_for_selector("#send:visible")
+    reply = last_reply(page)
+    assert reply.locator("h4").inner_text() == "Heading" and reply.locator("strong").inner_text() == "bold"
+    assert reply.locator("li").count() == 2
+    assert reply.locator("a").get_attribute("rel") == "noopener noreferrer nofollow"
