@@ -27,6 +27,7 @@ from streamchat.web.metrics import Metrics, process_metrics
 from streamchat.web.service import EXTENSION, Service
 from streamchat.web.openai_api import bp as openai_bp
 from streamchat.web.views import bp
+from streamchat.web.widget import bp as widget_bp
 
 log = logging.getLogger("streamchat")
 
@@ -67,6 +68,7 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
 
     app.register_blueprint(bp)
     app.register_blueprint(openai_bp)
+    app.register_blueprint(widget_bp)
     access.init_app(app)  # before the limiter's hooks: a request's clock starts first
     headers.init_app(app, settings)
     limits.init_app(app, settings)

@@ -1,13 +1,18 @@
-// The chat page: sends the conversation to POST /api/chat and shows the reply as it streams.
+// The chat: sends the conversation to POST /api/chat and shows the reply as it streams.
 // No dependencies and no build step. Model text is only ever inserted as text, never as HTML.
+// One chat for the page and the widget: window.streamchatChat.start(root, {base}) runs it in ``root``
+// (the document, or the widget's shadow root) against the service at ``base`` ("" for the page's own).
 "use strict";
 
 (() => {
-  const STORAGE_KEY = "streamchat.thread.v1";
+ function start(root, options = {}) {
+  const base = options.base || "";
+  const STORAGE_KEY = "streamchat.thread.v1"; // in the host origin's storage: one conversation per site
   const CUT_SHORT_MARK = "\n\n[Reply cut short:"; // the server ends a broken stream with this notice
   const RESUME_FOR_MS = 30000; // how long a reply whose connection broke is asked for again
+  const FALLBACK_LABEL = "Prepared answer"; // a reply from the site's rules, not the AI model
 
-  const $ = (id) => document.getElementById(id);
+  const $ = (id) => root.getElementById(id);
   const threadEl = $("thread");
   const emptyEl = $("empty");
   const form = $("composer");
@@ -66,8 +71,9 @@
     const tag = view.querySelector(".tag");
     const meta = message.meta || {};
     const notes = [];
-    if (meta.mode === "fallback") notes.push("Offline mode");
-    else if (meta.model) notes.push(meta.model);
+    // Words for visitors: a prepared answer is not their network failing. Model names and reason
+    // codes are for the site owner: in the tooltip (and the X-Terminal-* headers), not the label.
+    if (meta.mode === "fallback") notes.push(FALLBACK_LABEL);
     if (meta.cutShort) notes.push("cut short");
     if (meta.stopped) notes.push("stopped");
     if (meta.interrupted) notes.push("connection lost");
@@ -75,7 +81,7 @@
     tag.textContent = notes.join(" · ");
     tag.classList.toggle("offline", meta.mode === "fallback");
     tag.classList.toggle("warn", Boolean(meta.cutShort || meta.stopped || meta.interrupted));
-    if (meta.mode === "fallback" && meta.reason) tag.title = `Offline reason: ${meta.reason}`;
+    tag.title = meta.mode === "fallback" ? `Prepared answer (${meta.reason || "no model"})` : (meta.model || "");
   }
 
   function addView(message) {
@@ -108,13 +114,13 @@
   function showMode(meta) {
     modeBadge.hidden = false;
     if (meta.mode === "fallback") {
-      modeBadge.textContent = "Offline mode";
+      modeBadge.textContent = FALLBACK_LABEL;
       modeBadge.className = "badge offline";
-      modeBadge.title = "The AI model is unavailable; answers come from prepared replies.";
+      modeBadge.title = "The AI model is not available right now; replies come from prepared answers.";
     } else {
-      modeBadge.textContent = meta.model ? `Live · ${meta.model}` : "Live";
+      modeBadge.textContent = "AI";
       modeBadge.className = "badge live";
-      modeBadge.title = "";
+      modeBadge.title = meta.model || "";
     }
   }
 
@@ -205,7 +211,7 @@
     let reply = null;
     let view = null;
     try {
-      const response = await fetch("/api/chat", {
+      const response = await fetch(base + "/api/chat", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ messages: history() }),
@@ -316,7 +322,7 @@
 
   // GET the rest of the reply from meta.bytes; null when the server no longer has it.
   async function reconnect(meta) {
-    const path = `/api/chat/streams/${encodeURIComponent(meta.streamId)}?offset=${meta.bytes}`;
+    const path = `${base}/api/chat/streams/${encodeURIComponent(meta.streamId)}?offset=${meta.bytes}`;
     const response = await fetch(path, { signal: controller.signal });
     if (response.ok) return response;
     if (response.status === 404 || response.status === 400) return null;
@@ -410,7 +416,7 @@
     // Hanging up alone would leave the reply running on the server for RESUME_GRACE seconds, for a
     // client that comes back: Stop asks the server to end it now. Fire and forget.
     if (streamId) {
-      fetch("/api/chat/streams/" + encodeURIComponent(streamId) + "/stop", { method: "POST", keepalive: true })
+      fetch(base + "/api/chat/streams/" + encodeURIComponent(streamId) + "/stop", { method: "POST", keepalive: true })
         .catch(() => {});
     }
     controller.abort();
@@ -436,7 +442,7 @@
   });
   input.addEventListener("input", autosize);
 
-  document.addEventListener("keydown", (event) => {
+  root.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && controller) {
       event.preventDefault();
       stop();
@@ -455,9 +461,20 @@
     input.focus();
   });
 
+  root.querySelectorAll(".suggestion").forEach((button) => {
+    button.addEventListener("click", () => { if (!controller) send(button.dataset.text || button.textContent); });
+  });
+
   renderThread();
   const last = [...thread].reverse().find((m) => m.role === "assistant" && m.meta && m.meta.mode);
   if (last) showMode(last.meta);
-  input.focus();
+  if (options.focus !== false) input.focus();
   continueReply();
+ }
+
+  window.streamchatChat = { start };
+  // The page's own script tag says so; inside the widget's bundle the widget starts it, in its shadow root.
+  if (document.currentScript && document.currentScript.dataset.start === "page") {
+    document.addEventListener("DOMContentLoaded", () => start(document));
+  }
 })();

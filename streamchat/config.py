@@ -142,6 +142,13 @@ def _service_keys(raw: str) -> tuple[str, ...]:
     return keys
 
 
+def _suggestions(raw: str) -> tuple[str, ...]:
+    texts = tuple(text.strip() for text in _text(raw).split("|") if text.strip())
+    if len(texts) > 6 or any(len(text) > 200 for text in texts):
+        raise ValueError("at most 6 questions of at most 200 characters, separated by |")
+    return texts
+
+
 def _budget(raw: str) -> str:
     return _limit_string(raw) if raw else ""
 
@@ -273,6 +280,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Number of proxies in front of the app whose `X-Forwarded-For` is trusted (Heroku: 1)."),
     Setting("CORS_ORIGINS", _origins, "", "Comma-separated origins allowed to call the API from a browser.",
             example="https://example.com"),
+    Setting("EMBED_ORIGINS", _origins, "",
+            "Comma-separated origins of the sites that embed the chat (`widget.js`, or the page in an iframe): "
+            "they may call the API from a browser and frame the page.", example="https://shop.example.com"),
+    Setting("CHAT_TITLE", _text, "Assistant", "The chat's title, on the page and in the widget."),
+    Setting("CHAT_GREETING", _text, "Ask anything. Replies appear as they are written.",
+            "What the chat says before the first message."),
+    Setting("CHAT_SUGGESTIONS", _suggestions, "",
+            "Up to 6 suggested first questions, separated by `|`, shown as buttons before the first message.",
+            example="What are your opening hours?|How do I return an item?"),
     Setting("LOG_USER_TEXT", _flag, "false", "Log the user's last message (debugging only)."),
     Setting("LOG_FORMAT", _one_of("text", "json"), "text",
             "`text`: one readable `key=value` line per request; `json`: one JSON object per line, same fields."),

@@ -55,8 +55,13 @@ def _reading_records(view):
 @bp.get("/")
 def index():
     """Serve the chat page, with the conversation limits it must keep to."""
-    settings = service().settings
-    return render_template("index.html", max_messages=settings.chat_max_messages, max_chars=settings.chat_max_chars)
+    return render_template("index.html", **chat_markup_values(service().settings))
+
+
+def chat_markup_values(settings) -> dict:
+    """What ``_chat.html`` shows: the limits the chat keeps to, and the site owner's words."""
+    return {"max_messages": settings.chat_max_messages, "max_chars": settings.chat_max_chars,
+            "title": settings.chat_title, "greeting": settings.chat_greeting, "suggestions": settings.chat_suggestions}
 
 
 @bp.post("/api/chat")
