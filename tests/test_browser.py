@@ -1,8 +1,6 @@
 """The chat page in a real headless Chromium, against real gunicorn and the fake upstream."""
 
 import json
-import os
-import shutil
 
 import pytest
 
@@ -10,25 +8,6 @@ from conftest import ARTIFACTS
 from servers import Gunicorn, eventually
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="session")
-def browser():
-    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: ./run-tests installs it with apt-get")
-        pytest.skip(f"{CHROMIUM} is not installed (./run-tests installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
-
 
 @pytest.fixture
 def open_page(browser):

@@ -9,7 +9,6 @@ import threading
 import pytest
 
 from servers import Gunicorn, free_port
-from test_browser import CHROMIUM_FLAGS, browser  # noqa: F401  (the session's Chromium)
 
 pytestmark = pytest.mark.browser
 
@@ -24,8 +23,8 @@ div, p { color: rgb(1, 2, 3) !important; font-family: serif !important; }
 class HostSite:
     """Somebody's site on its own origin: a page that embeds the widget, under a strict CSP."""
 
-    def __init__(self, service_url: str):
-        self.port = free_port()
+    def __init__(self, service_url: str, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         service = service_url
 
@@ -61,6 +60,7 @@ class HostSite:
 
     def close(self):
         self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -69,18 +69,15 @@ def embedded(fake, log_dir):
     listed_port = free_port()
     with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", OPENAI_MODEL="fake-gpt", LLM_COOLDOWN="0",
                   EMBED_ORIGINS=f"http://127.0.0.1:{listed_port}", RESUME_GRACE="0") as service:
-        site = HostSite(service.url)
-        site.server.server_close()  # take the listed port over
-        site.port, site.url = listed_port, f"http://127.0.0.1:{listed_port}"
-        site.server = http.server.ThreadingHTTPServer(("127.0.0.1", listed_port), site.server.RequestHandlerClass)
-        threading.Thread(target=site.server.serve_forever, daemon=True).start()
-        stranger = HostSite(service.url)
-        yield service, site, stranger
-        site.close()
-        stranger.close()
+        site, stranger = HostSite(service.url, listed_port), HostSite(service.url)
+        try:
+            yield service, site, stranger
+        finally:
+            site.close()
+            stranger.close()
 
 
-def watched_page(browser, problems: list[str]):  # noqa: F811
+def watched_page(browser, problems: list[str]):
     context = browser.new_context()
     page = context.new_page()
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
@@ -98,7 +95,7 @@ def say(page, message: str, **fake):
     page.press("#input", "Enter")
 
 
-def test_the_widget_chats_on_a_strict_hostile_host_page(browser, embedded, fake):  # noqa: F811
+def test_the_widget_chats_on_a_strict_hostile_host_page(browser, embedded, fake):
     service, site, _ = embedded
     problems: list[str] = []
     context, page = watched_page(browser, problems)
@@ -144,7 +141,7 @@ def test_the_widget_chats_on_a_strict_hostile_host_page(browser, embedded, fake)
     assert problems == []
 
 
-def test_a_site_that_is_not_listed_cannot_use_the_api_from_a_browser(browser, embedded):  # noqa: F811
+def test_a_site_that_is_not_listed_cannot_use_the_api_from_a_browser(browser, embedded):
     service, _, stranger = embedded
     problems: list[str] = []
     context, page = watched_page(browser, problems)
