@@ -34,21 +34,30 @@ class Limits:
     max_chars: int
 
 
-def parse_chat_request(body: bytes, content_type: str | None, limits: Limits) -> list[dict[str, str]]:
-    """Return the conversation's messages, or raise InvalidRequest naming the first problem."""
+def json_body(body: bytes, content_type: str | None, wrong_type_status: int = 415) -> Any:
+    """Return the JSON in a request body, or raise InvalidRequest: not JSON, not UTF-8, nested too deeply.
+
+    ``wrong_type_status``: the status for a Content-Type that is not JSON (the OpenAI-compatible API
+    answers 400 there, which its SDKs expect).
+    """
     mimetype = (content_type or "").split(";")[0].strip().lower()
     if mimetype != "application/json":
-        raise InvalidRequest(415, "unsupported_media_type",
-                             f"Send the conversation as JSON with Content-Type: application/json "
+        raise InvalidRequest(wrong_type_status, "unsupported_media_type",
+                             f"Send the request as JSON with Content-Type: application/json "
                              f"(got {mimetype or 'no content type'}).")
     try:
-        payload = json.loads(body)
+        return json.loads(body)
     except UnicodeDecodeError:
         raise InvalidRequest(400, "invalid_json", "The body is not valid UTF-8.") from None
     except RecursionError:
         raise InvalidRequest(400, "invalid_json", "The JSON is nested too deeply.") from None
     except ValueError as exc:
         raise InvalidRequest(400, "invalid_json", f"The body is not valid JSON: {exc}.") from None
+
+
+def parse_chat_request(body: bytes, content_type: str | None, limits: Limits) -> list[dict[str, str]]:
+    """Return the conversation's messages, or raise InvalidRequest naming the first problem."""
+    payload = json_body(body, content_type)
     if not isinstance(payload, dict):
         raise InvalidRequest(400, "invalid_body", 'The body must be a JSON object like {"messages": [...]}.')
     unknown = sorted(set(payload) - {"messages"})

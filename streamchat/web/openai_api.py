@@ -19,7 +19,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from ..domain.providers.base import Options
 from ..domain.relay import ReplyRecord
-from ..domain.validation import InvalidRequest, Limits
+from ..domain.validation import InvalidRequest, Limits, json_body
 from ..server.disconnect import watch_client
 from .access import request_started, request_tags
 from .api_keys import key_id
@@ -53,8 +53,8 @@ def chat_completions():
     """Answer a chat completion, streamed or whole, from the first provider that can, else from the rules."""
     svc = service()
     settings = svc.settings
-    parsed = parse_completion_request(_json_body(request_body_within(settings.client_timeout)),
-                                      Limits(settings.chat_max_messages, settings.chat_max_chars))
+    payload = json_body(request_body_within(settings.client_timeout), request.content_type, wrong_type_status=400)
+    parsed = parse_completion_request(payload, Limits(settings.chat_max_messages, settings.chat_max_chars))
     # The budgets' client: the key, or the key's end user when the request names one.
     g.client = f"{g.api_key}:{parsed.user}" if parsed.user else g.api_key
     record = ReplyRecord(started=request_started(),
@@ -93,16 +93,3 @@ def models():
     data.append({"id": RULES_MODEL, "object": "model", "created": 0, "owned_by": "streamchat"})
     return jsonify({"object": "list", "data": data})
 
-
-def _json_body(body: bytes):
-    mimetype = (request.content_type or "").split(";")[0].strip().lower()
-    if mimetype != "application/json":
-        raise InvalidRequest(400, "unsupported_media_type", "Send the request as JSON (Content-Type: application/json).")
-    try:
-        return json.loads(body)
-    except UnicodeDecodeError:
-        raise InvalidRequest(400, "invalid_json", "The body is not valid UTF-8.") from None
-    except RecursionError:
-        raise InvalidRequest(400, "invalid_json", "The JSON is nested too deeply.") from None
-    except ValueError as exc:
-        raise InvalidRequest(400, "invalid_json", f"The body is not valid JSON: {exc}.") from None
