@@ -33,10 +33,10 @@ class HostSite:
                 if self.path == "/host.css":
                     self._send("text/css", HOSTILE_CSS.encode())
                     return
+                extra = {"/inline": ' data-mount="#chat-here"', "/left-open": ' data-position="bottom-left" data-open'}
                 tag = "" if self.path.startswith("/plain") else (
                     f'<script src="{service}/widget.js" async data-title="Shop help" '
-                    f'data-greeting="Hi from the shop" data-accent="#cc0066"'
-                    + (' data-mount="#chat-here"' if self.path.startswith("/inline") else "") + '></script>')
+                    f'data-greeting="Hi from the shop" data-accent="#cc0066"' + extra.get(self.path, "") + '></script>')
                 page = (f'<!doctype html><html><head><link rel="stylesheet" href="/host.css">{tag}</head>'
                         f'<body><p id="probe" class="probe">The host\'s own text</p><div id="chat-here"></div>'
                         f'</body></html>')
@@ -163,3 +163,22 @@ def test_the_page_may_be_framed_by_the_listed_sites_only(embedded):
     service, site, _ = embedded
     csp = request(service.url, "GET", "/")[1]["Content-Security-Policy"]
     assert f"frame-ancestors 'self' {site.url}" in csp
+
+
+def test_the_widget_opens_on_load_on_the_left_when_asked(browser, embedded):
+    _, site, _ = embedded
+    problems: list[str] = []
+    context, page = watched_page(browser, problems)
+    try:
+        page.goto(site.url + "/left-open")
+        panel = page.locator("streamchat-chat .panel")
+        panel.wait_for()  # open without a click (data-open)
+        launcher = page.locator("streamchat-chat .launcher")
+        assert launcher.get_attribute("aria-expanded") == "true"
+        width = page.viewport_size["width"]
+        assert launcher.bounding_box()["x"] < width / 2 and panel.bounding_box()["x"] < width / 2  # bottom-left
+        page.locator("streamchat-chat .close").click()
+        assert panel.is_hidden() and launcher.get_attribute("aria-expanded") == "false"
+    finally:
+        context.close()
+    assert problems == []
