@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from bench.benchmark import HOST, Service, free_port, get_json, message, ms, percentile, ratio, settled, wait_tcp
-from bench.loadgen import build_request, concurrent_streams, looping_clients, one_stream
+from bench.loadgen import build_request, concurrent_streams, looping_clients
 
 SHORT_REPLY = {"tokens": 5, "interval_ms": 20, "first_token_ms": 50}
 COUNTING_ON = {"CHAT_RATE_LIMIT": "300/day", "LLM_BUDGET_PER_CLIENT": "50/day", "LLM_BUDGET_GLOBAL": "5000/day"}

@@ -315,5 +315,5 @@
     }
   }
 
-  window.streamchatMarkdown = { render, blocksOf };
+  window.streamchatMarkdown = { render };
 })();

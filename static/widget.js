@@ -20,11 +20,10 @@ function streamchatBoot(script, service, css, markup) {
   panel.className = "panel";
   panel.setAttribute("role", "dialog");
   panel.append(template.content);
-  const title = data.title || shadow.querySelector(".title")?.textContent;
+  if (data.title) panel.querySelector(".title").textContent = data.title;
+  if (data.greeting) panel.querySelector(".greeting").textContent = data.greeting;
+  panel.setAttribute("aria-label", panel.querySelector(".title").textContent || "Chat");
   shadow.append(panel);
-  if (data.title) shadow.querySelector(".title").textContent = data.title;
-  if (data.greeting) shadow.querySelector(".greeting").textContent = data.greeting;
-  panel.setAttribute("aria-label", title || "Chat");
 
   // Started at once, even closed: a reply that was streaming when the host page reloaded goes on.
   window.streamchatChat.start(shadow, { base: service, focus: false });

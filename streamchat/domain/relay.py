@@ -255,7 +255,9 @@ class Relay:
                 continue
             self.breaker.record(provider.name, None)
             record.provider, record.model = provider.name, provider.model
-            record.input_tokens = estimate_tokens(sum(len(message["content"]) for message in messages))
+            # What was sent: the conversation and the provider's own system prompt (the reservation counts both).
+            record.input_tokens = estimate_tokens(sum(len(message["content"]) for message in messages)
+                                                  + len(getattr(provider, "system_prompt", "") or ""))
             return Reply(record, first, stream, on_close, self, usage)
         # The first failure is the one the site owner configured first: report that one.
         record.mode, record.provider = "fallback", "rules"

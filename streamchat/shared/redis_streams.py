@@ -29,7 +29,7 @@ import redis
 
 from .outage import Outage
 from .redis import ERRORS
-from .streams import COMPLETE, CUT_SHORT, STREAMING, BadOffset, StreamInfo, UnknownStream
+from .streams import CUT_SHORT, STREAMING, BadOffset, StreamInfo, UnknownStream
 
 log = logging.getLogger("streamchat")
 

@@ -181,8 +181,8 @@ def log_reply(record: ReplyRecord) -> None:
         return  # not a web request's reply
     started, first, now = record.started, record.first_byte_at, record.ended_at or time.perf_counter()
     line = {key: tags.get(key, "-") for key in ("request_id", "method", "path", "status", "client")}
-    if "api_key" in tags:
-        line["service_key"] = tags["api_key"]  # the key's id (a digest), never the key
+    if "service_key" in tags:
+        line["service_key"] = tags["service_key"]  # the key's id (a digest), never the key
     line.update(mode=record.mode, provider=record.provider, model=record.model or "-",
                 reason=record.reason or record.cut_reason or "-",
                 ttfb_ms=round((first - started) * 1000, 1) if first else None,

@@ -44,7 +44,7 @@ def _authenticate():
     if key is None:
         raise InvalidRequest(401, "invalid_api_key", "Incorrect API key provided: send Authorization: Bearer "
                                                      "<one of this service's keys>.")
-    g.api_key = key
+    g.service_key = key  # its id, a digest: never the key itself
 
 
 @bp.post("/chat/completions")
@@ -56,10 +56,10 @@ def chat_completions():
     payload = json_body(request_body_within(settings.client_timeout), request.content_type, wrong_type_status=400)
     parsed = parse_completion_request(payload, Limits(settings.chat_max_messages, settings.chat_max_chars))
     # The budgets' client: the key, or the key's end user when the request names one.
-    g.client = f"{g.api_key}:{parsed.user}" if parsed.user else g.api_key
+    g.client = f"{g.service_key}:{parsed.user}" if parsed.user else g.service_key
     record = ReplyRecord(started=request_started(),
                          tags=request_tags(parsed.messages[-1]["content"] if settings.log_user_text else None))
-    record.tags["api_key"] = g.api_key
+    record.tags["service_key"] = g.service_key
     live_denied = RULES_REQUESTED if parsed.model == RULES_MODEL else svc.budget.live_denied()
     live_denied = reserve_tokens(svc.tokens, record, parsed.messages, settings, parsed.max_tokens,
                                  live_possible=live_denied is None and bool(svc.relay.chain)) or live_denied
