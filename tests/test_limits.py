@@ -65,15 +65,16 @@ def test_redis_shares_one_count_across_processes_and_memory_does_not(log_dir, re
 
 
 @pytest.mark.redis
-def test_one_redis_command_per_limit_and_budget_per_request(log_dir, redis_server):
+def test_one_redis_command_per_limit_and_budget_per_request(log_dir, redis_server, fake):
     # flask-limiter reads each window back four times for its headers; those reads must not reach Redis.
-    with Gunicorn(log_dir, CHAT_RATE_LIMIT="100/minute", LLM_BUDGET_PER_CLIENT="50/minute",
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", CHAT_RATE_LIMIT="100/minute", LLM_BUDGET_PER_CLIENT="50/minute",
                   LLM_BUDGET_GLOBAL="1000/minute", RATELIMIT_STORAGE_URI=redis_server.url) as server:
         assert statuses(server, 2) == [200, 200]  # scripts loaded, connections made
         client = redis_server.client()
         client.config_resetstat()
-        replies = [chat(server) for _ in range(5)]
-        assert [status for status, _, _ in replies] == [200] * 5
+        # The headers are written once the model has answered: 0.7 s after the hit here, seconds on a busy worker.
+        replies = [chat(server, first_token_ms=700) for _ in range(5)]
+        assert [(status, headers["X-Terminal-Mode"]) for status, headers, _ in replies] == [(200, "live")] * 5
         assert [headers["X-RateLimit-Remaining"] for _, headers, _ in replies] == ["97", "96", "95", "94", "93"]
         assert all(0 < int(headers["X-RateLimit-Reset"]) - time.time() <= 61 for _, headers, _ in replies)
         commands = client.info("commandstats")  # the scripts' own incrby/expire/pttl are listed too

@@ -22,14 +22,18 @@ for that window a client may get up to one more limit's worth per worker.
 Round trips: after each hit flask-limiter reads the window back twice to write
 its headers (the count and the expiry, each twice: four more round trips to
 Redis, 280 µs of worker CPU each under load). ``incr`` on Redis returns the
-count and the expiry in one script, and for half a second ``get`` and
-``get_expiry`` of that key answer from it: one round trip per limit instead of
-five. (A concurrent hit by the same client may make ``X-RateLimit-Remaining``
-one too high; what is enforced is the count ``incr`` returned.)
+count and the expiry in one script, and later reads of that key by the same
+request answer from it: one round trip per limit instead of five. "The same
+request" is the same context (a greenlet's own under gevent, a thread's
+otherwise), not a time: a chat request writes its headers only once the model
+has answered, seconds after its hit when the worker is busy. (A concurrent hit
+by the same client may make ``X-RateLimit-Remaining`` one too high; what is
+enforced is the count ``incr`` returned.)
 """
 
 from __future__ import annotations
 
+import contextvars
 import time
 
 from limits.storage import SCHEMES, Storage, storage_from_string
@@ -39,8 +43,7 @@ from ..shared.outage import Outage
 from .counters import ExpiringCounters
 
 PREFIX = "streamchat-failsoft+"
-JUST_COUNTED_FOR = 0.5  # seconds a hit's count and expiry answer reads of its key
-_JUST_COUNTED_MAX = 4096
+_COUNTED_MAX = 16  # keys one context remembers: a request counts two or three
 
 # limits' own incr_expire.lua, also returning the key's remaining time to live in milliseconds.
 INCR_WITH_EXPIRY = """
@@ -64,9 +67,10 @@ class FailSoftStorage(Storage):
         self.shared = storage_from_string(shared_uri, **options)
         self.memory = ExpiringCounters()
         self.outage = Outage("rate-limit storage", "this worker counts in its own memory")
-        # (count, expires at, good until): what the last incr of a key returned. Redis only: limits'
-        # RedisStorage gives its client as ``storage`` and its key naming as ``prefixed_key``.
-        self._just_counted: dict[str, tuple[int, float, float]] = {}
+        # key -> (count, expires at): what this request's incr of a key returned, for its own reads.
+        self._counted: contextvars.ContextVar[dict[str, tuple[int, float]] | None] = \
+            contextvars.ContextVar("counted", default=None)
+        # Redis only: limits' RedisStorage gives its client as ``storage`` and its key naming as ``prefixed_key``.
         client = getattr(self.shared, "storage", None)
         self._incr_with_expiry = (client.register_script(INCR_WITH_EXPIRY)
                                   if client is not None and hasattr(self.shared, "prefixed_key") else None)
@@ -95,10 +99,11 @@ class FailSoftStorage(Storage):
         except (self.shared.base_exceptions, OSError) as exc:
             self.outage.failed(exc)
             return self.memory.incr(key, expiry, amount)
-        now = time.time()
-        if len(self._just_counted) >= _JUST_COUNTED_MAX:
-            self._just_counted.clear()
-        self._just_counted[key] = (int(count), now + max(ttl_ms, 0) / 1000, time.monotonic() + JUST_COUNTED_FOR)
+        counted = self._counted.get()
+        if counted is None or len(counted) >= _COUNTED_MAX:
+            counted = {}
+            self._counted.set(counted)
+        counted[key] = (int(count), time.time() + max(ttl_ms, 0) / 1000)
         return int(count)
 
     def incr_many(self, counts: list[tuple[str, int, int]]) -> list[int]:
@@ -124,10 +129,8 @@ class FailSoftStorage(Storage):
             return pipe.execute()
 
     def _recent(self, key: str):
-        entry = self._just_counted.get(key)
-        if entry is not None and entry[2] > time.monotonic() and not self.outage.down:
-            return entry
-        return None
+        counted = self._counted.get()
+        return counted.get(key) if counted is not None and not self.outage.down else None
 
     def get(self, key: str) -> int:
         entry = self._recent(key)
@@ -138,13 +141,16 @@ class FailSoftStorage(Storage):
         return entry[1] if entry else self._either("get_expiry", key)
 
     def clear(self, key: str) -> None:
-        self._just_counted.pop(key, None)
+        self._forget()
         return self._either("clear", key)
 
     def reset(self) -> int | None:
-        self._just_counted.clear()
+        self._forget()
         self.memory.reset()
         return self._either("reset")
+
+    def _forget(self) -> None:
+        self._counted.set(None)
 
     def check(self) -> bool:
         """Try the shared storage if a try is due; return whether this worker counts there now."""
