@@ -620,7 +620,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
                                        "fallback,aborts,metrics,openai_api,markdown, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
     parser.add_argument("--abuse", action="store_true",
-                        help="run the soak, abuse and two-instance scenarios (about 16 minutes)")
+                        help="run the soak, abuse and two-instance scenarios (about 15 minutes, 20 with --before)")
     parser.add_argument("--before", metavar="REV", help="also run REV's service in turn, in soak, counting and metrics")
     parser.add_argument("--out", help="the report (default BENCHMARKS.md; with --quick bench/logs/QUICK.md, so a "
                                       "smoke run never replaces the recorded figures)")
