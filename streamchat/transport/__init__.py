@@ -22,7 +22,8 @@ upgrading (versions pinned in ``requirements.txt``):
   (replaced) — ``body.py``, ``pool.py``, ``session.py``.
 - requests: ``HTTPAdapter.build_response`` (overridden; a documented hook) —
   ``session.py``.
-- gevent: a gevent socket's ``_sock`` (the OS socket, non-blocking),
+- gevent: a gevent socket's ``_sock`` (the OS socket, non-blocking; over TLS it
+  carries encrypted records, so TLS reads go through the SSL socket instead),
   ``get_hub().loop.io()`` / ``.timer()`` watchers and ``hub.wait()`` —
   ``socket_reader.py``, ``pool.py``.
 """

@@ -11,8 +11,14 @@ keeps talking costs no timer work per read. Waiting first is also what lets
 a stream that always has data (a burst) share the worker: every read goes
 through the hub. ``turn_passer`` does the same for a reader that cannot wait first.
 
+Over TLS (every hosted provider) the OS socket carries encrypted records:
+``GeventTLSReader`` waits on the same watcher but reads through the SSL
+socket, and skips the wait when decrypted bytes are already buffered.
+
 Outside gevent (tests in one process, the dev server) ``SocketReader`` uses
 the socket's own timeout.
+
+Relies on gevent's sockets keeping the OS socket as ``_sock`` (gevent 26.9).
 """
 
 from __future__ import annotations
@@ -59,15 +65,22 @@ class GeventSocketReader(SocketReader):
         if deadline < self._timer_at:
             self._arm(deadline)
         while True:
-            self._waiting = self._getcurrent()
+            if not self._buffered():
+                self._waiting = self._getcurrent()
+                try:
+                    self._hub.wait(self._readable)
+                finally:
+                    self._waiting = None
             try:
-                self._hub.wait(self._readable)
-            finally:
-                self._waiting = None
-            try:
-                return self._sock.recv(size)
+                return self._read(size)
             except BlockingIOError:
                 continue  # a spurious wake-up: wait again
+
+    def _buffered(self) -> bool:
+        return False  # a plain socket buffers nothing above the OS
+
+    def _read(self, size: int) -> bytes:
+        return self._sock.recv(size)
 
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:
@@ -93,6 +106,37 @@ class GeventSocketReader(SocketReader):
         self._readable = self._timer = None
 
 
+class GeventTLSReader(GeventSocketReader):
+    """``GeventSocketReader`` over TLS: the watcher waits, the SSL socket decrypts.
+
+    The SSL socket is read with a zero timeout, so gevent never waits (and never starts a timer) itself:
+    a read that finds only part of a record raises ``SSLWantReadError``, and the watcher waits for more.
+    """
+
+    def __init__(self, sock: Any):
+        from gevent.ssl import SSLWantReadError, SSLWantWriteError
+
+        super().__init__(sock)
+        self._tls = sock
+        self._timeout_before = sock.gettimeout()  # given back with the connection, for its next request
+        # Wanting to write while reading is a renegotiation, which TLS 1.3 does not have: wait and retry.
+        self._incomplete = (SSLWantReadError, SSLWantWriteError)
+
+    def _buffered(self) -> bool:
+        return self._tls.pending() > 0  # decrypted bytes the last read left: no wait needed
+
+    def _read(self, size: int) -> bytes:
+        self._tls.settimeout(0.0)
+        try:
+            return self._tls.recv(size)
+        except self._incomplete:
+            raise BlockingIOError from None
+
+    def close(self) -> None:
+        super().close()
+        self._tls.settimeout(self._timeout_before)
+
+
 def turn_passer(sock: Any) -> Callable[[], None]:
     """Return what lets the other greenlets run once: ``gevent.sleep(0)`` for a gevent socket, else nothing.
 
@@ -116,7 +160,7 @@ def _is_gevent(sock: Any) -> bool:
 
 
 def socket_reader(sock: Any) -> SocketReader:
-    """Return the reader for ``sock``: the gevent one for a gevent socket."""
+    """Return the reader for ``sock``: the gevent one for a gevent socket, its TLS variant over TLS."""
     if _is_gevent(sock):
-        return GeventSocketReader(sock)
+        return GeventTLSReader(sock) if hasattr(sock, "pending") else GeventSocketReader(sock)
     return SocketReader(sock)

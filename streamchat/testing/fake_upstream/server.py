@@ -44,6 +44,7 @@ import asyncio
 import functools
 import json
 import re
+import ssl
 import threading
 import time
 import zlib
@@ -130,9 +131,10 @@ class FakeUpstream:
     """The server: start it with ``start_in_thread()`` (tests) or ``serve_forever()`` (command line)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, defaults: dict[str, Any] | None = None,
-                 keep_records: int = 10000):
+                 keep_records: int = 10000, tls: ssl.SSLContext | None = None):
         self.host = host
         self.port = port
+        self.tls = tls  # a server context: speak HTTPS, as every hosted provider does
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self.keep_records = keep_records
         self.records: list[Record] = []
@@ -145,12 +147,12 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(lambda: _Connection(self), self.host, self.port,
-                                                      backlog=4096)
+                                                      backlog=4096, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def serve_forever(self) -> None:

@@ -1,0 +1,97 @@
+"""Every hosted provider speaks HTTPS: the streams of the other tests, over TLS, through a real gevent worker.
+
+The fake upstream serves TLS with a certificate from a throwaway CA (``trustme``); the worker trusts it
+through ``REQUESTS_CA_BUNDLE``. Over TLS the socket carries encrypted records and the TLS layer buffers
+what it decrypted, so the worker's own socket reader (``transport/socket_reader.py``) reads differently.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+
+import pytest
+import trustme
+
+from servers import Gunicorn, chat_body, eventually, parse_chunked, raw_exchange, request
+from streamchat.testing.fake_upstream import FakeUpstream
+from streamchat.testing.fake_upstream.server import tokens_of
+from streamchat.web.streaming import CUT_SHORT_NOTICE
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def tls_fake(ca):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server = FakeUpstream(defaults={"first_token_ms": 20, "interval_ms": 5, "tokens": 12}, tls=context)
+    yield server.start_in_thread()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_live(tls_fake, ca, log_dir, tmp_path_factory):
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{tls_fake.url}/v1", REQUESTS_CA_BUNDLE=str(bundle),
+                  RESUME_GRACE="0", LLM_FIRST_TOKEN_TIMEOUT="3", LLM_IDLE_TIMEOUT="1", LLM_COOLDOWN="0") as server:
+        yield server
+
+
+def chat(server, **fake):
+    return request(server.url, "POST", "/api/chat", chat_body("hi", **fake))
+
+
+def test_replies_stream_whole_over_tls_on_one_kept_connection(tls_live, tls_fake):
+    assert chat(tls_live, text="warm up")[2] == b"warm up"
+    connections = tls_fake.connections
+    for n in range(3):
+        text = f"reply {n}: " + "words cut across reads and records " * 20
+        status, headers, body = chat(tls_live, text=text, split=7, split_ms=1, first_token_ms=0)
+        assert (status, headers["X-Terminal-Mode"], body.decode()) == (200, "live", text)
+    # The reader gave the connection back as it found it: the next request reused it.
+    assert tls_fake.connections == connections
+
+
+@pytest.mark.parametrize("framing", ["chunked", "chunked-close", "close", "gzip"])
+def test_a_burst_arrives_byte_for_byte_whatever_the_framing(tls_live, framing):
+    # Everything in one write: many TLS records at once, most of them decrypted without a wait.
+    params = {"tokens": 4000, "interval_ms": 0, "first_token_ms": 0, "framing": framing}
+    status, headers, body = chat(tls_live, **params)
+    assert (status, headers["X-Terminal-Mode"]) == (200, "live")
+    assert body.decode() == "".join(tokens_of(params))
+
+
+def test_a_stall_over_tls_ends_at_the_idle_timeout_and_closes_the_upstream(tls_live, tls_fake):
+    text = "one two three four five six"
+    raw = raw_exchange(tls_live.url, chat_body("hi", text=text, first_token_ms=0, fault="stall_after", after=3,
+                                               id="tls-stall"))
+    head, chunks, terminated = parse_chunked(raw)
+    body = b"".join(chunks).decode()
+    assert b"X-Terminal-Mode: live" in head and terminated
+    assert body == "one two three " + CUT_SHORT_NOTICE
+    assert tls_fake.wait_for(lambda: tls_fake.find("tls-stall").peer_closed)
+
+
+def test_a_client_that_leaves_closes_the_tls_upstream(tls_live, tls_fake):
+    host, port = tls_live.url.removeprefix("http://").split(":")
+    body = chat_body("hi", tokens=100000, interval_ms=10, first_token_ms=0, id="tls-leave")
+    payload = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(b"POST /api/chat HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        assert b"X-Terminal-Mode: live" in client.recv(65536)
+    assert tls_fake.wait_for(lambda: tls_fake.find("tls-leave").peer_closed)
+    assert eventually(lambda: "ended=client_gone" in "\n".join(tls_live.access_lines()))
+
+
+def test_an_untrusted_certificate_is_a_fallback_and_says_why(tls_fake, log_dir):
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{tls_fake.url}/v1", LLM_COOLDOWN="0") as server:
+        status, headers, body = chat(server, text="never seen")
+        assert (status, headers["X-Terminal-Mode"]) == (200, "fallback") and body
+        assert eventually(lambda: "CERTIFICATE_VERIFY_FAILED" in server.log())
