@@ -19,6 +19,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -359,6 +360,54 @@ class Bench:
                                                           percentile([r.ttfb for r in direct], 99))})
         return figures
 
+    def tls(self) -> dict:
+        """1,000 streams from an upstream speaking HTTPS, as every hosted provider does, and from plain HTTP, in turn.
+
+        The upstreams are the same fake with the same pacing, so the difference is what TLS costs the worker:
+        decrypting every record, on top of the handshake of each new pooled connection.
+        """
+        try:
+            import certifi
+            import trustme
+        except ImportError:
+            return {"skipped": "trustme is not installed (requirements-dev.txt)"}
+        count = 200 if self.quick else 1000
+        ca, bundle, chain, key = trustme.CA(), self.logs / "tls-ca.pem", self.logs / "tls-chain.pem", self.logs / "tls-key.pem"
+        issued = ca.issue_cert(HOST)
+        # The public CAs requests trusts (certifi), plus this one, as a private CA is added in production:
+        # the worker loads the bundle it would load for a hosted provider.
+        bundle.write_bytes(Path(certifi.where()).read_bytes() + b"\n" + ca.cert_pem.bytes())
+        issued.private_key_pem.write_to_path(str(key))
+        for n, blob in enumerate(issued.cert_chain_pems):
+            blob.write_to_path(str(chain), append=n > 0)
+        port = free_port()
+        fake = Process([sys.executable, "-m", "streamchat.testing.fake_upstream", "--port", str(port),
+                        "--first-token-ms", "200", "--interval-ms", "20", "--tokens", "100", "--tls-cert", str(chain),
+                        "--tls-key", str(key)], dict(os.environ), self.logs / "fake-tls.log")
+        rounds = 1 if self.quick else 2
+        figures: dict = {"streams": count, "rounds": rounds}
+        runs: dict[str, list] = {"plain": [], "tls": []}
+        try:
+            wait_tcp(port)
+            upstreams = {"plain": f"http://{HOST}:{self.fake_port}/v1", "tls": f"https://{HOST}:{port}/v1"}
+            for turn in range(rounds):
+                for mode, upstream in upstreams.items():
+                    service = Service(self.logs, OPENAI_BASE_URL=upstream, REQUESTS_CA_BUNDLE=str(bundle))
+                    results, cpu, _, rss = self.measured_load(service, count, f"tls-{mode}{turn}", 60)
+                    runs[mode].append((results, cpu, rss))
+        finally:
+            fake.stop()
+        for mode, measured in runs.items():
+            results = [r for run in measured for r in run[0]]
+            figures.update({f"{mode}_completed": sum(r.ok for r in results) // rounds,
+                            f"{mode}_live": sum(r.mode == "live" for r in results) // rounds,
+                            f"{mode}_cpu_s": round(statistics.mean(run[1] for run in measured), 2),
+                            f"{mode}_peak_rss_mb": round(max(run[2] for run in measured), 1),
+                            f"{mode}_ttfb_p99_ms": ms(percentile([r.ttfb for r in results], 99))})
+        figures["tls_cpu_vs_plain"] = ratio(figures["tls_cpu_s"], figures["plain_cpu_s"])
+        figures["tls_ttfb_p99_vs_plain"] = ratio(figures["tls_ttfb_p99_ms"], figures["plain_ttfb_p99_ms"])
+        return figures
+
     def metrics(self) -> dict:
         """1,000 streams with metrics off and on (scraped every second, as a busy Prometheus would), in turn twice.
 
@@ -568,6 +617,7 @@ TARGETS = [
                                               "/api/chat"),
     ("markdown", "last_vs_first", "<=", 1.2, "Markdown, 20,000 tokens in 5-token chunks: a chunk's render, last "
                                              "tenth ≤ 1.2 × first"),
+    ("tls", "tls_live", ">=", 1000, "1,000 streams from an HTTPS upstream: all live"),
     ("metrics", "on_vs_off", "<=", 1.03, "1,000 streams, metrics on and scraped each second: CPU per chunk ≤ 1.03 × off"),
 ]
 
@@ -618,7 +668,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
-                                       "fallback,aborts,metrics,openai_api,markdown, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
+                                       "fallback,aborts,metrics,openai_api,markdown,tls, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
     parser.add_argument("--abuse", action="store_true",
                         help="run the soak, abuse and two-instance scenarios (about 15 minutes, 20 with --before)")
     parser.add_argument("--before", metavar="REV", help="also run REV's service in turn, in soak, counting and metrics")
@@ -644,7 +694,7 @@ def main() -> None:
     scenarios = {"one_client": bench.one_client, "streams_200": lambda: bench.concurrent(200),
                  "streams_1000": lambda: bench.concurrent(1000, floor=True), "bursts": bench.bursts,
                  "fallback": bench.fallback, "aborts": bench.aborts, "metrics": bench.metrics,
-                 "openai_api": bench.openai_api, "markdown": markdown_render.run,
+                 "openai_api": bench.openai_api, "markdown": markdown_render.run, "tls": bench.tls,
                  **{name: getattr(abuse, name) for name in ABUSE},
                  **{name: getattr(Instances(bench), name) for name in INSTANCES}}
     chosen = (args.only.split(",") if args.only else ABUSE + INSTANCES if args.abuse

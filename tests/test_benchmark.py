@@ -28,6 +28,8 @@ def test_quick_benchmark_runs_every_scenario_and_writes_its_report(tmp_path):
     assert figures["streams_1000"]["floor_completed"] == 1000
     assert figures["streams_1000"]["floor_cpu_us_per_upstream_chunk"] > 0
     assert (figures["fallback"]["completed"], figures["fallback"]["modes"]) == (200, ["fallback"])
+    tls = figures["tls"]  # every stream live from the HTTPS upstream too, none failed over
+    assert (tls["tls_live"], tls["plain_live"]) == (tls["streams"], tls["streams"])
     aborts = figures["aborts"]
     assert aborts["hung_up"] == 200
     assert (aborts["generating_never_closed"], aborts["silent_never_closed"]) == (0, 0)

@@ -17,6 +17,7 @@ import trustme
 from servers import Gunicorn, chat_body, eventually, parse_chunked, raw_exchange, request
 from streamchat.testing.fake_upstream import FakeUpstream
 from streamchat.testing.fake_upstream.server import tokens_of
+from streamchat.transport.session import new_session, send_json
 from streamchat.web.streaming import CUT_SHORT_NOTICE
 
 
@@ -95,3 +96,29 @@ def test_an_untrusted_certificate_is_a_fallback_and_says_why(tls_fake, log_dir):
         status, headers, body = chat(server, text="never seen")
         assert (status, headers["X-Terminal-Mode"]) == (200, "fallback") and body
         assert eventually(lambda: "CERTIFICATE_VERIFY_FAILED" in server.log())
+
+
+def test_a_ca_bundle_that_cannot_be_loaded_is_said_once_and_the_rules_answer(tls_fake, log_dir):
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{tls_fake.url}/v1", REQUESTS_CA_BUNDLE="/nonexistent/ca.pem",
+                  LLM_COOLDOWN="0") as server:
+        assert [chat(server, text="never seen")[1]["X-Terminal-Mode"] for _ in range(2)] == ["fallback"] * 2
+        assert server.log().count("the CA bundle /nonexistent/ca.pem could not be loaded") == 1
+
+
+def test_connections_share_one_context_and_the_bundle_is_read_once(tls_fake, ca, tmp_path, monkeypatch):
+    # Loading a bundle (certifi's: 40 ms of CPU) for each new connection stalled every stream of a worker.
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    session = new_session(4, f"{tls_fake.url}/v1")
+    bundle.unlink()  # read when the session was made, never again
+    statuses = []
+    for n in range(3):  # "chunked-close": each reply ends its connection, so three connections, three handshakes
+        content = f"hi\nfake: {json.dumps({'framing': 'chunked-close', 'text': f'reply {n}'})}"
+        response = send_json(session, f"{tls_fake.url}/v1/chat/completions", {},
+                             {"model": "m", "stream": True, "messages": [{"role": "user", "content": content}]}, (5, 5))
+        statuses.append(response.status_code)
+        response.content
+        response.close()
+    assert statuses == [200] * 3
+    assert session.get_adapter(tls_fake.url).tls_context.session_stats()["connect"] == 3

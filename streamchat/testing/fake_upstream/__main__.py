@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import ssl
 
 from .server import DEFAULTS, FakeUpstream
 from .server import __doc__ as server_doc
@@ -14,10 +15,16 @@ def main() -> None:
     parser.add_argument("--first-token-ms", type=float, default=DEFAULTS["first_token_ms"])
     parser.add_argument("--interval-ms", type=float, default=DEFAULTS["interval_ms"])
     parser.add_argument("--tokens", type=int, default=DEFAULTS["tokens"])
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain...")
+    parser.add_argument("--tls-key", metavar="PEM", help="... and this private key")
     args = parser.parse_args()
     defaults = {"first_token_ms": args.first_token_ms, "interval_ms": args.interval_ms, "tokens": args.tokens}
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     try:
-        asyncio.run(FakeUpstream(args.host, args.port, defaults, keep_records=2000).serve_forever())
+        asyncio.run(FakeUpstream(args.host, args.port, defaults, keep_records=2000, tls=tls).serve_forever())
     except KeyboardInterrupt:
         pass
 
