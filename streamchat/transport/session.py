@@ -32,7 +32,7 @@ def verifying_context(ca_bundle: str) -> ssl.SSLContext:
     The context urllib3 would make itself, made once: given none, urllib3 makes a context for each new
     connection and loads the CA bundle into it. With certifi's bundle that is 40 ms of CPU and 0.7 MB a
     connection (measured), and under gevent those 40 ms stop every stream of the worker: 1,000 streams
-    starting against an HTTPS upstream cost 55.6 s of CPU instead of 7 (``bench/run --only tls``).
+    starting against an HTTPS upstream cost 55.6 s of CPU instead of 14.5 (``bench/run --only tls``).
     """
     context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
     try:

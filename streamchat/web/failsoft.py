@@ -24,9 +24,10 @@ its headers (the count and the expiry, each twice: four more round trips to
 Redis, 280 µs of worker CPU each under load). ``incr`` on Redis returns the
 count and the expiry in one script, and later reads of that key by the same
 request answer from it: one round trip per limit instead of five. "The same
-request" is the same context (a greenlet's own under gevent, a thread's
-otherwise), not a time: a chat request writes its headers only once the model
-has answered, seconds after its hit when the worker is busy. (A concurrent hit
+request" is the same context (under gevent the greenlet of the request's
+connection, which serves its requests one after another, each hitting before
+it reads; a thread's otherwise), not a time: a chat request writes its headers
+only once the model has answered, seconds after its hit when the worker is busy. (A concurrent hit
 by the same client may make ``X-RateLimit-Remaining`` one too high; what is
 enforced is the count ``incr`` returned.)
 """
