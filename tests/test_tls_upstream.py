@@ -68,6 +68,15 @@ def test_a_burst_arrives_byte_for_byte_whatever_the_framing(tls_live, framing):
     assert body.decode() == "".join(tokens_of(params))
 
 
+@pytest.mark.parametrize("fault", ["drop_after", "error_after", "bad_json"])
+def test_a_reply_broken_over_tls_ends_with_a_notice(tls_live, fault):
+    raw = raw_exchange(tls_live.url, chat_body("hi", text="one two three four five six", first_token_ms=0,
+                                               fault=fault, after=3))
+    head, chunks, terminated = parse_chunked(raw)
+    assert b"X-Terminal-Mode: live" in head and terminated
+    assert b"".join(chunks).decode() == "one two three " + CUT_SHORT_NOTICE
+
+
 def test_a_stall_over_tls_ends_at_the_idle_timeout_and_closes_the_upstream(tls_live, tls_fake):
     text = "one two three four five six"
     raw = raw_exchange(tls_live.url, chat_body("hi", text=text, first_token_ms=0, fault="stall_after", after=3,
