@@ -7,9 +7,11 @@ what it decrypted, so the worker's own socket reader (``transport/socket_reader.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
+import threading
 
 import pytest
 import trustme
@@ -131,3 +133,74 @@ def test_connections_share_one_context_and_the_bundle_is_read_once(tls_fake, ca,
         response.close()
     assert statuses == [200] * 3
     assert session.get_adapter(tls_fake.url).tls_context.session_stats()["connect"] == 3
+
+
+class ConnectProxy:
+    """An HTTP proxy that tunnels ``CONNECT host:port`` (what ``HTTPS_PROXY`` asks of it), counting the tunnels."""
+
+    def __init__(self):
+        self.tunnels = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._tunnel, "127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self._thread = threading.Thread(target=self._loop.run_forever, name="connect-proxy", daemon=True)
+        self._thread.start()
+
+    async def _tunnel(self, client_reader, client_writer):
+        self._writers.add(client_writer)
+        head = await client_reader.readuntil(b"\r\n\r\n")
+        method, target = head.split(b" ")[:2]
+        assert method == b"CONNECT", head
+        host, port = target.decode().rsplit(":", 1)
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        self._writers.add(upstream_writer)
+        self.tunnels += 1
+        client_writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(self._pipe(client_reader, upstream_writer), self._pipe(upstream_reader, client_writer),
+                             return_exceptions=True)
+
+    async def _pipe(self, reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def stop(self):
+        async def close_all():
+            self._server.close()
+            await self._server.wait_closed()
+            for writer in self._writers:
+                writer.close()
+                await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def test_through_https_proxy_connections_share_the_context_too(tls_fake, ca, tmp_path, monkeypatch):
+    proxy = ConnectProxy()
+    try:
+        bundle = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(bundle))
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        session = new_session(4, f"{tls_fake.url}/v1")
+        bundle.unlink()
+        for n in range(3):  # a connection each, as above, each through its own tunnel
+            content = f"hi\nfake: {json.dumps({'framing': 'chunked-close', 'text': f'proxied {n}'})}"
+            response = send_json(session, f"{tls_fake.url}/v1/chat/completions", {},
+                                 {"model": "m", "stream": True, "messages": [{"role": "user", "content": content}]},
+                                 (5, 5))
+            assert response.status_code == 200 and response.content.endswith(b"data: [DONE]\n\n")
+            response.close()
+        assert proxy.tunnels == 3
+        assert session.get_adapter(tls_fake.url).tls_context.session_stats()["connect"] == 3
+    finally:
+        proxy.stop()

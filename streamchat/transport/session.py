@@ -65,6 +65,14 @@ class StreamingAdapter(requests.adapters.HTTPAdapter):
         # A documented hook: every pool, hence every connection, wraps its socket with the one context.
         super().init_poolmanager(connections, maxsize, block, ssl_context=self.tls_context, **pool_kwargs)
 
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # A documented hook: through HTTPS_PROXY too, connections share the context and peek to check liveness.
+        fresh = proxy not in self.proxy_manager
+        manager = super().proxy_manager_for(proxy, ssl_context=self.tls_context, **proxy_kwargs)
+        if fresh and not proxy.lower().startswith("socks"):  # SOCKS managers bring pools of their own
+            manager.pool_classes_by_scheme = POOL_CLASSES
+        return manager
+
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
         # A documented hook. requests' own names the CA bundle on the pool, and urllib3 would load it into
         # the shared context again on every new connection: the context already trusts it.
