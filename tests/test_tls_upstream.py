@@ -142,10 +142,17 @@ class ConnectProxy:
         self.tunnels = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
-        self._server = self._loop.run_until_complete(asyncio.start_server(self._tunnel, "127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        self._thread = threading.Thread(target=self._loop.run_forever, name="connect-proxy", daemon=True)
+        started = threading.Event()
+
+        def run():  # the loop is started in its own thread: the test's thread may be inside another one
+            self._server = self._loop.run_until_complete(asyncio.start_server(self._tunnel, "127.0.0.1", 0))
+            started.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="connect-proxy", daemon=True)
         self._thread.start()
+        assert started.wait(10)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     async def _tunnel(self, client_reader, client_writer):
         self._writers.add(client_writer)
