@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import threading
@@ -77,12 +78,18 @@ def embedded(fake, log_dir):
             stranger.close()
 
 
-def watched_page(browser, problems: list[str]):
+@contextlib.contextmanager
+def watched_page(browser):
+    """Yield a page in a context of its own and the list its errors and console warnings are written to."""
+    problems: list[str] = []
     context = browser.new_context()
-    page = context.new_page()
-    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    page.on("console", lambda msg: msg.type in ("error", "warning") and problems.append(f"console: {msg.text}"))
-    return context, page
+    try:
+        page = context.new_page()
+        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+        page.on("console", lambda msg: msg.type in ("error", "warning") and problems.append(f"console: {msg.text}"))
+        yield page, problems
+    finally:
+        context.close()
 
 
 def probe_style(page) -> dict:
@@ -97,9 +104,7 @@ def say(page, message: str, **fake):
 
 def test_the_widget_chats_on_a_strict_hostile_host_page(browser, embedded, fake):
     service, site, _ = embedded
-    problems: list[str] = []
-    context, page = watched_page(browser, problems)
-    try:
+    with watched_page(browser) as (page, problems):
         page.goto(site.url + "/plain")
         plain_style = probe_style(page)
         page.goto(site.url + "/")
@@ -136,23 +141,17 @@ def test_the_widget_chats_on_a_strict_hostile_host_page(browser, embedded, fake)
         assert page.locator("streamchat-chat .launcher").count() == 0
         say(page, "inline", text="Inline works.")
         page.locator("streamchat-chat .message.assistant .content", has_text="Inline works.").wait_for()
-    finally:
-        context.close()
     assert problems == []
 
 
 def test_a_site_that_is_not_listed_cannot_use_the_api_from_a_browser(browser, embedded):
     service, _, stranger = embedded
-    problems: list[str] = []
-    context, page = watched_page(browser, problems)
-    try:
+    with watched_page(browser) as (page, problems):
         page.goto(stranger.url + "/plain")
         outcome = page.evaluate("""(url) => fetch(url + "/api/chat", {method: "POST",
             headers: {"Content-Type": "application/json"},
             body: JSON.stringify({messages: [{role: "user", content: "hi"}]})})
             .then((r) => "answered " + r.status, (e) => "refused: " + e.name)""", service.url)
-    finally:
-        context.close()
     assert outcome == "refused: TypeError"
     assert any("CORS" in problem for problem in problems)  # the browser says why
 
@@ -167,9 +166,7 @@ def test_the_page_may_be_framed_by_the_listed_sites_only(embedded):
 
 def test_the_widget_opens_on_load_on_the_left_when_asked(browser, embedded):
     _, site, _ = embedded
-    problems: list[str] = []
-    context, page = watched_page(browser, problems)
-    try:
+    with watched_page(browser) as (page, problems):
         page.goto(site.url + "/left-open")
         panel = page.locator("streamchat-chat .panel")
         panel.wait_for()  # open without a click (data-open)
@@ -179,6 +176,4 @@ def test_the_widget_opens_on_load_on_the_left_when_asked(browser, embedded):
         assert launcher.bounding_box()["x"] < width / 2 and panel.bounding_box()["x"] < width / 2  # bottom-left
         page.locator("streamchat-chat .close").click()
         assert panel.is_hidden() and launcher.get_attribute("aria-expanded") == "false"
-    finally:
-        context.close()
     assert problems == []
