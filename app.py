@@ -19,15 +19,16 @@ from streamchat.redaction import remember_secrets
 from streamchat.server.drain import DRAIN
 from streamchat.shared import redis as shared_redis
 from streamchat.shared.breaker import SharedBreaker
+from streamchat.shared.memory_streams import MemoryStreams
 from streamchat.shared.redis_streams import RedisStreams
-from streamchat.shared.streams import MemoryStreams
+from streamchat.shared.streams import StreamRecords
 from streamchat.shared.token_budget import TokenBudgets
-from streamchat.web import access, errors, headers, limits
-from streamchat.web.metrics import Metrics, process_metrics
+from streamchat.web import errors
+from streamchat.web.guards import budgets, headers, limits
+from streamchat.web.operations import access, health
+from streamchat.web.operations.metrics import Metrics, process_metrics
 from streamchat.web.service import EXTENSION, Service
-from streamchat.web.openai_api import bp as openai_bp
-from streamchat.web.views import bp
-from streamchat.web.widget import bp as widget_bp
+from streamchat.web.surfaces import chat, openai, page, widget
 
 log = logging.getLogger("streamchat")
 
@@ -59,16 +60,15 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     tokens = None
     if settings.llm_token_budget_per_client or settings.llm_token_budget_global:
         tokens = TokenBudgets(settings.llm_token_budget_per_client, settings.llm_token_budget_global, shared)
-        relay.listeners.append(limits.token_settler(tokens))
-    app.extensions[EXTENSION] = Service(settings=settings, relay=relay, budget=limits.LiveBudget(settings),
+        relay.listeners.append(budgets.token_settler(tokens))
+    app.extensions[EXTENSION] = Service(settings=settings, relay=relay, budget=budgets.LiveBudget(settings),
                                         streams=streams, metrics=metrics, tokens=tokens)
-    if isinstance(streams, RedisStreams):
+    if streams is not None:
         DRAIN.exit_hooks.append(streams.flush)  # the records' last writes, before the worker exits
     log.info("providers: %s", ", ".join(f"{p.name}({p.model})" for p in relay.chain) or no_provider_hint())
 
-    app.register_blueprint(bp)
-    app.register_blueprint(openai_bp)
-    app.register_blueprint(widget_bp)
+    for surface in (page, chat, openai, widget, health):
+        app.register_blueprint(surface.bp)
     access.init_app(app)  # before the limiter's hooks: a request's clock starts first
     headers.init_app(app, settings)
     limits.init_app(app, settings)
@@ -85,7 +85,7 @@ def _breaker(settings, shared) -> CircuitBreaker:
     return breaker
 
 
-def _stream_records(settings, shared) -> MemoryStreams | RedisStreams | None:
+def _stream_records(settings, shared) -> StreamRecords | None:
     """Where replies are recorded for resuming: Redis when ``REDIS_URL`` is set, else this process (or nowhere)."""
     if not settings.resume_ttl:
         return None

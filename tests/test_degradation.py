@@ -16,7 +16,7 @@ from streamchat.transport.session import new_session
 from streamchat.domain.breaker import CircuitBreaker
 from streamchat.domain.relay import Relay
 from streamchat.domain.rules import RulesStore, load_rules
-from streamchat.web.streaming import CUT_SHORT_NOTICE, plain_text
+from streamchat.web.framing.text import CUT_SHORT_NOTICE, plain_text
 
 RULES = load_rules(str(REPO / "rules.yaml"))
 GREETINGS = set(next(r for r in RULES.rules if r.name == "greeting").replies)

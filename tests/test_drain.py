@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from servers import Gunicorn, OpenStream, chat_body, eventually, parse_chunked, request
-from streamchat.web.streaming import RESTARTING_NOTICE
+from streamchat.web.framing.text import RESTARTING_NOTICE
 
 DRAIN_SECONDS = 3
 KEY = "drain-service-key-0123456789"

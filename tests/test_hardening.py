@@ -12,8 +12,8 @@ from servers import Gunicorn, chat_body, eventually, request
 from streamchat.domain.providers.anthropic import _alternating
 from streamchat.domain.validation import InvalidRequest, Limits, parse_chat_request
 from streamchat.redaction import url_without_secrets
-from streamchat.web.access import SafeFormatter
-from streamchat.web.counters import ExpiringCounters
+from streamchat.web.operations.access import SafeFormatter
+from streamchat.web.guards.counters import ExpiringCounters
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -151,7 +151,7 @@ def test_counters_expire_without_a_scan():
 
 def test_the_app_counts_memory_limits_in_expiring_counters():
     app = create_app({"CHAT_RATE_LIMIT": "2/minute", "RATELIMIT_STORAGE_URI": "memory://"})
-    from streamchat.web.limits import limiter
+    from streamchat.web.guards.limits import limiter
 
     assert isinstance(limiter.storage, ExpiringCounters)
     client = app.test_client()

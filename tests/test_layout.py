@@ -26,15 +26,32 @@ ALLOWED = {
     "web": {"errors", "redaction", "logformat", "config", "domain", "server", "shared"},
     "testing": {"errors", "domain"},
 }
+#: Inside ``web``: what each room may import from the others (besides itself and the parts above).
+WEB_ROOMS = {
+    "service": set(),
+    "errors": {"service", "guards"},
+    "framing": set(),
+    "guards": {"service"},
+    "operations": {"service", "guards", "errors"},
+    "opening": {"service", "guards", "operations", "framing"},
+    "surfaces": {"service", "errors", "guards", "operations", "opening", "framing"},
+}
 WEB_STACK = ("flask", "werkzeug", "gevent", "gunicorn", "flask_limiter")
 
 
-def package_imports(path: Path) -> set[str]:
-    """Return the ``streamchat.X`` parts that the module at ``path`` imports."""
+def imported_modules(path: Path) -> set[str]:
+    """Return the full names of the ``streamchat`` modules (or names in them) that the module at ``path`` imports."""
     module = ".".join(path.relative_to(REPO).with_suffix("").parts)
     package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module.removesuffix(".__init__")
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    # Imports for type annotations only (``if TYPE_CHECKING:``) never run: they are no dependency.
+    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+                   for inner in ast.walk(node)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
@@ -46,8 +63,18 @@ def package_imports(path: Path) -> set[str]:
             names = [alias.name for alias in node.names]
         else:
             continue
-        found.update(name.split(".")[1] for name in names if name.startswith("streamchat.") and name.count("."))
+        found.update(name for name in names if name.startswith("streamchat."))
     return found
+
+
+def package_imports(path: Path) -> set[str]:
+    """Return the ``streamchat.X`` parts that the module at ``path`` imports."""
+    return {name.split(".")[1] for name in imported_modules(path)}
+
+
+def web_room_imports(path: Path) -> set[str]:
+    """Return the rooms of ``streamchat.web`` (``streamchat.web.X``) that the module at ``path`` imports."""
+    return {name.split(".")[2] for name in imported_modules(path) if name.startswith("streamchat.web.")}
 
 
 def part_of(path: Path) -> str:
@@ -61,6 +88,36 @@ def test_no_module_imports_upward(path):
         return
     upward = package_imports(path) - ALLOWED[part] - {part}
     assert not upward, f"{path.relative_to(REPO)} ({part}) imports {sorted(upward)}"
+
+
+WEB = PACKAGE / "web"
+
+
+@pytest.mark.parametrize("path", sorted(WEB.rglob("*.py")), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_web_room_imports_a_room_that_builds_on_it(path):
+    room = path.relative_to(WEB).parts[0].removesuffix(".py")
+    if room == "__init__":
+        return
+    backward = web_room_imports(path) - WEB_ROOMS[room] - {room}
+    assert not backward, f"{path.relative_to(REPO)} ({room}) imports {sorted(backward)}"
+
+
+def test_every_web_room_is_a_folder_that_says_what_it_holds():
+    for room in WEB_ROOMS:
+        folder = WEB / room
+        if folder.is_dir():
+            doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text()))
+            modules = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+            missing = [m for m in modules if f"``{m}``" not in doc]
+            assert not missing, f"web/{room}/__init__.py does not name {missing}"
+    assert sorted(p.name for p in WEB.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()) == sorted(
+        ["__init__.py", *(f"{room}.py" if (WEB / f"{room}.py").exists() else room for room in WEB_ROOMS)])
+
+
+def test_no_module_reaches_into_app_extensions_but_the_service_accessor():
+    users = [p.relative_to(REPO) for p in PACKAGE.rglob("*.py")
+             if "extensions[" in p.read_text() or "extensions.get(" in p.read_text()]
+    assert users == [Path("streamchat/web/service.py")]
 
 
 def test_the_domain_imports_without_flask_werkzeug_gevent_or_gunicorn():

@@ -9,7 +9,7 @@ import pytest
 from limits.storage import storage_from_string
 
 from servers import Gunicorn, chat_body, eventually, request
-from streamchat.web import failsoft
+from streamchat.web.guards import failsoft
 
 
 def chat(server, headers=None, **fake):

@@ -10,11 +10,12 @@ import pytest
 from servers import Gunicorn, chat_body, eventually, request
 from streamchat.domain.providers import OpenAIChat, Timeouts
 from streamchat.domain.providers import base as provider_base
-from streamchat.domain.relay import Reply, ReplyRecord
+from streamchat.domain.record import ReplyRecord
+from streamchat.domain.relay import Reply
 from streamchat.domain.usage import Usage
 from streamchat.transport.session import new_session
-from streamchat.web.openai_wire import chunks
-from streamchat.web.streaming import CUT_SHORT_NOTICE
+from streamchat.web.framing.openai_sse import chunks
+from streamchat.web.framing.text import CUT_SHORT_NOTICE
 
 KEY, OTHER_KEY = "test-service-key-0123456789", "other-service-key-0123456789"
 FAKE_TEXT = "Streaming keeps a chat responsive: the first words arrive while the model "  # the fake's 12 tokens

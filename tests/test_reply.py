@@ -4,13 +4,14 @@ import pytest
 
 from app import create_app
 from streamchat.domain.breaker import CircuitBreaker
-from streamchat.domain.relay import Relay, ReplyRecord
+from streamchat.domain.record import ReplyRecord
+from streamchat.domain.relay import Relay
 from streamchat.domain.rules import RulesStore
 from streamchat.errors import ProviderRejected, UpstreamTimeout
 from streamchat.testing.fake_provider import FakeProvider
 from streamchat.transport.failures import in_stream_error
 from streamchat.web.service import service
-from streamchat.web.streaming import CUT_SHORT_NOTICE
+from streamchat.web.framing.text import CUT_SHORT_NOTICE
 from servers import REPO
 
 HELLO = {"messages": [{"role": "user", "content": "hello"}]}
@@ -59,7 +60,7 @@ def test_the_listener_gets_a_complete_reply(client, fake_provider, records):
     assert isinstance(record, ReplyRecord)
     assert (record.mode, record.provider, record.model, record.ended, record.chunks, record.bytes) == (
         "live", "fake", "fake-1", "complete", 2, len(b"Hello there"))
-    assert record.tags["request_id"] == "done-1" and record.tags["path"] == "/api/chat"
+    assert record.caller.request_id == "done-1" and record.caller.path == "/api/chat"
     assert record.started <= record.first_byte_at <= record.ended_at
 
 

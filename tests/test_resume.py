@@ -120,12 +120,13 @@ def test_a_reader_follows_a_reply_still_streaming_to_its_end(resumable):
 
 
 def test_memory_records_expire_after_their_ttl_and_stay_under_their_cap():
-    from streamchat.shared.streams import MemoryStreams, UnknownStream
+    from streamchat.shared.memory_streams import MemoryStreams
+    from streamchat.shared.streams import UnknownStream
 
     now = [0.0]
     store = MemoryStreams(ttl=60, clock=lambda: now[0], cap=1000)
     for n in range(5):
-        store.start(f"s{n}", {})
+        store.start(f"s{n}", {}, stop=lambda: None)
         store.append(f"s{n}", b"x" * 300)
         store.finish(f"s{n}", "complete")
     kept = [n for n in range(5) if _known(store, f"s{n}")]

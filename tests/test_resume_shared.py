@@ -7,7 +7,7 @@ import pytest
 
 from servers import Gunicorn, chat_body, eventually, request
 from test_resume import SLOW, partial
-from streamchat.web.streaming import CUT_SHORT_NOTICE
+from streamchat.web.framing.text import CUT_SHORT_NOTICE
 
 pytestmark = pytest.mark.redis
 

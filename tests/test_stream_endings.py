@@ -13,7 +13,7 @@ from servers import chat_body, raw_exchange, parse_chunked
 from streamchat.domain.providers import AnthropicMessages, OpenAIChat, Timeouts
 from streamchat.errors import BadStream, ProviderError, RateLimited, UpstreamServerError
 from streamchat.transport.session import new_session
-from streamchat.web.streaming import CUT_SHORT_NOTICE
+from streamchat.web.framing.text import CUT_SHORT_NOTICE
 
 TEXT = "Héllo, wörld"
 

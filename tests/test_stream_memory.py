@@ -112,7 +112,7 @@ def test_the_access_log_keeps_only_the_start_of_the_message(client, caplog):
 def test_the_server_iterates_the_reply_itself_and_closing_it_still_logs():
     # No werkzeug layer between the server and the body generator (each is a C frame in the stack
     # gevent saves for every open stream); close() still closes the body and runs call_on_close.
-    from streamchat.web.streaming import StreamingResponse
+    from streamchat.web.framing.response import StreamingResponse
 
     closed, logged = [], []
 

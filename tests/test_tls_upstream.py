@@ -20,7 +20,7 @@ from servers import Gunicorn, chat_body, eventually, parse_chunked, raw_exchange
 from streamchat.testing.fake_upstream import FakeUpstream
 from streamchat.testing.fake_upstream.server import tokens_of
 from streamchat.transport.session import new_session, send_json
-from streamchat.web.streaming import CUT_SHORT_NOTICE
+from streamchat.web.framing.text import CUT_SHORT_NOTICE
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 from ..errors import ClientDisconnected, ProviderError, ReplyStopped, ServiceRestarting
@@ -29,18 +28,12 @@ from ..redaction import url_without_secrets
 from .breaker import CircuitBreaker
 from .providers import Provider
 from .providers.base import DEFAULT_OPTIONS, Options
+from .record import (CLIENT_GONE, COMPLETE, COOLING_DOWN, CUT_SHORT, INTERNAL_ERROR, OPEN, RESTARTING,
+                     STOPPED, ReplyRecord)
 from .usage import Usage, estimate_tokens
 
 log = logging.getLogger("streamchat")
 
-#: How a reply ended (``ReplyRecord.ended``); ``open`` until it does.
-OPEN, COMPLETE, CUT_SHORT, CLIENT_GONE, STOPPED = "open", "complete", "cut_short", "client_gone", "stopped"
-#: X-Terminal-Reason when provider code raised something that is not a ProviderError: a bug, logged with its traceback.
-INTERNAL_ERROR = "internal_error"
-#: The failure reason of a provider skipped because the circuit breaker is cooling it down.
-COOLING_DOWN = "cooling_down"
-#: The cut_reason of a reply ended because the service restarts (``ServiceRestarting``).
-RESTARTING = "restarting"
 FALLBACK_WORDS_PER_CHUNK = 3
 
 
@@ -53,30 +46,6 @@ class Responder(Protocol):
     def health(self) -> dict[str, Any]:
         """Return what ``/healthz`` shows of the responder: ``"loaded"`` false if it has no rules at all, a
         non-empty ``"error"`` when it needs attention."""
-
-
-@dataclass
-class ReplyRecord:
-    """Everything known about one reply; final once it closes, when it goes to the listeners."""
-
-    mode: str = "live"  # live | fallback
-    reason: str = ""  # with fallback: why no model answered (X-Terminal-Reason)
-    provider: str = ""
-    model: str = ""
-    rule: str = ""  # with fallback: the rule that answered
-    started: float = field(default_factory=time.perf_counter)  # perf_counter() when the request began
-    first_byte_at: float | None = None  # when the first text was handed to the client
-    ended_at: float | None = None
-    chunks: int = 0  # pieces of text handed out
-    bytes: int = 0  # bytes the framer wrote for them (the notice not included)
-    chars: int = 0  # characters of text handed out
-    input_tokens: int = 0  # of a live reply: what the upstream reported, else estimated (tokens_estimated)
-    output_tokens: int = 0
-    tokens_estimated: bool = False
-    ended: str = OPEN
-    cut_reason: str = ""  # with cut_short: the X-Terminal-Reason-style slug of what broke
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (provider, reason), in chain order
-    tags: dict[str, Any] = field(default_factory=dict)  # the caller's labels: request id, endpoint...
 
 
 class OpenStreams:

@@ -34,6 +34,16 @@ class Usage:
     output_tokens: int | None = None
 
 
+@dataclass
+class Reservation:
+    """Tokens set aside for one reply, in the budget windows they were charged to; settled once, when it ends."""
+
+    tokens: int
+    keys: tuple[str, str]  # (client window key, global window key), "" for a budget that is off
+    in_redis: bool
+    settled: bool = False
+
+
 #: The prompt's estimate is raised by this much when reserving: a tokenizer may count more than four characters
 #: a token would say (other languages, code), and a budget must not be overrun by the estimate's error.
 PROMPT_MARGIN = 1.25

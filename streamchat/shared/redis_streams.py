@@ -17,6 +17,7 @@ the one producing the reply stops it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,8 @@ import redis
 
 from .outage import Outage
 from .redis import ERRORS
-from .streams import CUT_SHORT, STREAMING, BadOffset, StreamInfo, UnknownStream
+from .streams import (CUT_SHORT, STREAMING, ProducerGone, RecordsUnavailable, StreamInfo, StreamRecords, UnknownStream,
+                      check_utf8_offset)
 
 log = logging.getLogger("streamchat")
 
@@ -79,11 +81,20 @@ class _Batch:
     reason: str = ""
 
 
-class ProducerGone(Exception):
-    """The instance producing the reply stopped beating: it died mid-reply."""
+def _unavailable_while_redis_is_away(method):
+    """Report Redis's errors as the interface's ``RecordsUnavailable``."""
+
+    @functools.wraps(method)
+    def guarded(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except ERRORS as exc:
+            raise RecordsUnavailable(str(exc)) from exc
+
+    return guarded
 
 
-class RedisStreams:
+class RedisStreams(StreamRecords):
     """Stream records in Redis, shared by every worker of every instance."""
 
     shared = True
@@ -95,7 +106,7 @@ class RedisStreams:
         self.ttl_ms = int(ttl * 1000)
         self.live_ttl_ms = int(live_ttl * 1000)  # while a reply streams: as long as it may last, and the ttl
         self.outage = Outage("stream records (Redis)", "replies stream without a stream id")
-        self.producers: dict[str, Callable[[], None]] = {}
+        self._producers: dict[str, Callable[[], None]] = {}  # stream id -> what stops its reply, produced here
         self._batches: dict[str, _Batch] = {}  # the replies produced here, what is not written yet of each
         self._lock = threading.Lock()
         self._flush = client.register_script(FLUSH)
@@ -107,13 +118,13 @@ class RedisStreams:
     # FLUSH_EVERY. Measured at 1,000 streams, a round trip to create and one to end each record cost
     # 21% more CPU per upstream chunk than recording off; batched, 5-7% (2026-12-05, two runs in turn).
 
-    def start(self, stream_id: str, headers: dict[str, str]) -> None:
-        """Start a record; raises ``redis.ConnectionError`` while Redis is away (no id is given then)."""
+    def start(self, stream_id: str, headers: dict[str, str], stop: Callable[[], None]) -> None:
         self._run_here()
         if self.outage.down:  # the flusher found it so, and will find it back
-            raise redis.ConnectionError("Redis is away")
+            raise RecordsUnavailable("Redis is away")
         with self._lock:
             self._batches[stream_id] = _Batch(headers=json.dumps(headers))
+        self._producers[stream_id] = stop
 
     def append(self, stream_id: str, data: bytes) -> None:
         batch = self._batches.get(stream_id)
@@ -124,7 +135,7 @@ class RedisStreams:
             self.flush()
 
     def finish(self, stream_id: str, state: str, cut_reason: str = "") -> None:
-        self.producers.pop(stream_id, None)
+        self._producers.pop(stream_id, None)
         batch = self._batches.get(stream_id)
         if batch is not None and not batch.ending:
             batch.ending, batch.reason = state, cut_reason
@@ -166,6 +177,7 @@ class RedisStreams:
 
     # -- the reading side -----------------------------------------------------------------------
 
+    @_unavailable_while_redis_is_away
     def info(self, stream_id: str) -> StreamInfo:
         meta = self._meta(stream_id)
         state = meta.get("state", STREAMING)
@@ -174,6 +186,7 @@ class RedisStreams:
         body = self._body(stream_id)
         return StreamInfo(state, len(body), json.loads(meta["headers"]), meta.get("reason", ""))
 
+    @_unavailable_while_redis_is_away
     def check_offset(self, stream_id: str, offset: int, wait: float) -> None:
         deadline = time.monotonic() + wait
         while True:
@@ -183,13 +196,15 @@ class RedisStreams:
             if self._meta(stream_id).get("state") != STREAMING:
                 break
             time.sleep(FLUSH_EVERY)
-        if offset > len(body):
-            raise BadOffset(f"offset {offset} is beyond the {len(body)} bytes of the reply")
-        if offset < len(body) and 0x80 <= body[offset] < 0xC0:
-            raise BadOffset(f"offset {offset} is inside a UTF-8 character")
+        check_utf8_offset(body, offset)
 
     def read(self, stream_id: str, offset: int) -> Iterator[bytes]:
-        """Yield the body from ``offset``, then what is added, until the reply ends (``ProducerGone`` if it died)."""
+        try:
+            yield from self._read(stream_id, offset)
+        except ERRORS as exc:
+            raise RecordsUnavailable(str(exc)) from exc
+
+    def _read(self, stream_id: str, offset: int) -> Iterator[bytes]:
         stream, meta = PREFIX + stream_id, PREFIX + stream_id + ":meta"
         position, last_id = 0, "0-0"
         while True:
@@ -211,6 +226,7 @@ class RedisStreams:
                 if state[0] == STREAMING and time.time() - float(state[1] or 0) > DEAD_AFTER:
                     raise ProducerGone(stream_id)
 
+    @_unavailable_while_redis_is_away
     def stop(self, stream_id: str) -> str:
         state = self._meta(stream_id).get("state", STREAMING)
         if state == STREAMING:
@@ -271,7 +287,7 @@ class RedisStreams:
                     while True:
                         message = pubsub.get_message(timeout=1.0)
                         if message is not None and message["type"] == "message":
-                            stop = self.producers.get(message["data"])
+                            stop = self._producers.get(message["data"])
                             if stop is not None:
                                 stop()
                 finally:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from limits import parse
 from limits.limits import RateLimitItem
 
+from ..domain.usage import Reservation
 from .outage import Outage
 from .redis import ERRORS
 
@@ -59,16 +59,6 @@ for i = 1, #KEYS do
 end
 return 1
 """
-
-
-@dataclass
-class Reservation:
-    """Tokens set aside for one reply, in the windows they were charged to; ``settle`` it once."""
-
-    tokens: int
-    keys: tuple[str, str]  # (client window key, global window key), "" for a budget that is off
-    in_redis: bool
-    settled: bool = False
 
 
 class TokenBudgets:

@@ -1,15 +1,20 @@
-"""The web layer: Flask views and everything that touches a request or a response.
+"""The web layer: Flask, and everything that touches a request or a response. One room per job:
 
-``views`` (the one blueprint), ``counters`` (rate-limit counts in memory), ``failsoft``
-(shared counts that fall back to memory while Redis is down), ``streaming`` (the streaming response and the
-framers that turn a reply's text and ending into bytes), ``limits`` (rate limits
-and live-model budgets), ``headers`` (security headers, CORS, trusted proxies),
-``access`` (request ids, logging, the access log as a reply listener),
-``errors`` (one ``error_response()`` and the error handlers) and ``service``
-(the per-process service and its one accessor). It imports the domain; the
-domain never imports it.
+- ``surfaces/``: the HTTP surfaces, one blueprint each (the page, the chat
+  API, the OpenAI-compatible API, the widget). Each parses its request into a
+  ``ChatRequest`` and picks a framer.
+- ``opening``: the one path from a ``ChatRequest`` to a reply's first byte
+  (the record, the budgets, the token reservation, the client watch, the relay).
+- ``framing/``: a reply's text and ending as the bytes of one wire format, and
+  the response that carries them (streamed, whole, or recorded for resuming).
+- ``guards/``: rate limits, budgets, request bodies within bounds, security
+  headers and CORS.
+- ``operations/``: health, readiness, metrics and the access log.
+- ``service``: the per-process ``Service`` and ``service()``, its one accessor;
+  ``errors``: every error answer, as JSON.
 
-Private attributes relied on here (the rest live in ``transport`` and ``server``):
-werkzeug's ``Response.get_app_iter`` with
-``direct_passthrough`` (``streaming.StreamingResponse``, documented but subtle).
+Imports go from surfaces to opening, framing, guards and operations, and from
+each of those to ``service``; never back (``tests/test_layout.py``). The web
+layer imports the domain, the server runtime and the shared stores; none of
+them imports it.
 """

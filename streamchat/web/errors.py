@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..domain.validation import InvalidRequest
 from ..errors import ClientDisconnected
-from .limits import rate_limit_message
+from .guards.limits import rate_limit_message
 from .service import service
 
 log = logging.getLogger("streamchat")

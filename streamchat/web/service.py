@@ -1,17 +1,20 @@
-"""The per-process service a request needs, and its one accessor."""
+"""The per-process service a request needs, and its one accessor: every module of the web layer calls ``service()``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import current_app
 
 from ..config import Settings
 from ..domain.relay import Relay
-from ..shared.streams import MemoryStreams
+from ..shared.streams import StreamRecords
 from ..shared.token_budget import TokenBudgets
-from .limits import LiveBudget
-from .metrics import Metrics
+
+if TYPE_CHECKING:  # the guards and operations import this module: at run time it imports neither
+    from .guards.limits import LiveBudget
+    from .operations.metrics import Metrics
 
 EXTENSION = "streamchat"
 
@@ -23,9 +26,10 @@ class Service:
     settings: Settings
     relay: Relay
     budget: LiveBudget
-    streams: MemoryStreams | None  # the stream records (shared.streams); None with RESUME_TTL=0
+    streams: StreamRecords | None  # where replies are recorded for resuming; None with RESUME_TTL=0
     metrics: Metrics | None = None  # None unless METRICS_TOKEN is set
     tokens: TokenBudgets | None = None  # None unless a token budget is set
+    widget_bundle: str | None = None  # /widget.js, built on its first request
 
 
 def service() -> Service:

@@ -40,7 +40,7 @@ import time
 from limits.storage import SCHEMES, Storage, storage_from_string
 from redis.exceptions import NoScriptError
 
-from ..shared.outage import Outage
+from ...shared.outage import Outage
 from .counters import ExpiringCounters
 
 PREFIX = "streamchat-failsoft+"

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from flask import Blueprint, Response, current_app, render_template
 
-from .service import service
+from ..service import service
+from .page import chat_markup_values
 
 bp = Blueprint("widget", __name__)
 ROOT_FONT_PX = 16
@@ -30,16 +31,15 @@ ROOT_FONT_PX = 16
 @bp.get("/widget.js")
 def widget_js():
     """Serve the widget's script (cached by browsers for five minutes)."""
-    bundle = current_app.extensions.get("streamchat.widget")
-    if bundle is None:
-        bundle = current_app.extensions["streamchat.widget"] = _bundle()
+    svc = service()
+    if svc.widget_bundle is None:
+        svc.widget_bundle = _bundle()
+    bundle = svc.widget_bundle
     return Response(bundle, content_type="text/javascript; charset=utf-8",
                     headers={"Cache-Control": "public, max-age=300"})
 
 
 def _bundle() -> str:
-    from .views import chat_markup_values
-
     static = Path(current_app.static_folder)
     markup = render_template("_chat.html", **chat_markup_values(service().settings))
     css = widget_css((static / "chat.css").read_text("utf-8")) + "\n" + (static / "widget.css").read_text("utf-8")

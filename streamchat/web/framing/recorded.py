@@ -1,6 +1,6 @@
 """Resumable replies: every chat reply is recorded under a stream id, to be read again from any byte and stopped.
 
-``recorded_body()`` is the chat response's body. It passes the framed reply to
+``RecordedReply.body()`` is the chat response's body. It passes the framed reply to
 the client and appends each chunk to the stream record as it goes. How it ends:
 
 - the reply ends: the record ends the same way (``complete``, ``cut_short``,
@@ -31,14 +31,15 @@ from typing import Callable, Iterator
 
 from flask import Response, stream_with_context
 
-from ..domain.relay import CLIENT_GONE, COMPLETE, CUT_SHORT, OPEN, RESTARTING, STOPPED, Reply
-from ..errors import ReplyStopped, ServiceRestarting
-from ..server.disconnect import interrupter
-from ..server.drain import DRAIN
-from ..shared import streams as records
-from ..shared.redis import ERRORS
-from ..shared.redis_streams import ProducerGone
-from .streaming import CUT_SHORT_NOTICE, STREAM_HEADERS, StreamingResponse, reply_headers, reply_response
+from ...domain.record import CLIENT_GONE, COMPLETE, CUT_SHORT, OPEN, RESTARTING, STOPPED
+from ...domain.relay import Reply
+from ...errors import ReplyStopped, ServiceRestarting
+from ...server.disconnect import interrupter
+from ...server.drain import DRAIN
+from ...shared import streams as records
+from ...shared.streams import ProducerGone, RecordsUnavailable, StreamRecords
+from .response import STREAM_HEADERS, StreamingResponse, reply_headers, reply_response
+from .text import CUT_SHORT_NOTICE
 
 log = logging.getLogger("streamchat")
 
@@ -52,22 +53,22 @@ def new_stream_id() -> str:
     return secrets.token_urlsafe(24)
 
 
-def recorded_response(reply: Reply, framer: Callable[[Reply], Iterator[bytes]], content_type: str, store,
-                      grace: float) -> Response:
+def recorded_response(reply: Reply, framer: Callable[[Reply], Iterator[bytes]], content_type: str,
+                      store: StreamRecords, grace: float) -> Response:
     """Return the response streaming ``reply`` through ``framer``, recorded under a new ``X-Stream-Id``."""
     stream_id = new_stream_id()
     headers = reply_headers(reply)
-    try:
-        store.start(stream_id, {**headers, "Content-Type": content_type})
-    except ERRORS:  # Redis away: the reply streams as it would unrecorded, without an id (the store logged it)
-        return reply_response(reply, framer, content_type)
     recorded = RecordedReply(reply, framer(reply), store, stream_id, grace)
+    try:
+        recorded.start({**headers, "Content-Type": content_type})
+    except RecordsUnavailable:  # Redis away: the reply streams as it would unrecorded, without an id (the store logged it)
+        return reply_response(reply, framer, content_type)
     # No call_on_close(reply.close) here: the body closes the reply, now or once its continuation ends.
     return StreamingResponse(stream_with_context(recorded.body()), content_type=content_type,
                              headers={**STREAM_HEADERS, **headers, "X-Stream-Id": stream_id})
 
 
-def replay_response(store, stream_id: str, offset: int) -> Response:
+def replay_response(store: StreamRecords, stream_id: str, offset: int) -> Response:
     """Return the response reading the record ``stream_id`` from byte ``offset``, live until it ends."""
     info = store.info(stream_id)
     store.check_offset(stream_id, offset, wait=records.FOLLOW_WAKE * 5)
@@ -76,12 +77,12 @@ def replay_response(store, stream_id: str, offset: int) -> Response:
                              headers={**STREAM_HEADERS, **headers, "X-Stream-Id": stream_id})
 
 
-def _replayed(store, stream_id: str, offset: int) -> Iterator[bytes]:
+def _replayed(store: StreamRecords, stream_id: str, offset: int) -> Iterator[bytes]:
     try:
         yield from store.read(stream_id, offset)
     except ProducerGone:  # its instance died mid-reply: end as a reply cut short
         yield CUT_SHORT_NOTICE.encode()
-    except ERRORS as exc:  # Redis went away while we read
+    except RecordsUnavailable as exc:  # Redis went away while we read
         log.warning("reading stream %s stopped: %s", stream_id[:8], exc)
         yield CUT_SHORT_NOTICE.encode()
 
@@ -89,7 +90,7 @@ def _replayed(store, stream_id: str, offset: int) -> Iterator[bytes]:
 class RecordedReply:
     """One reply being recorded: its body for the client, its continuation when the client leaves, its stop."""
 
-    def __init__(self, reply: Reply, framed: Iterator[bytes], store, stream_id: str, grace: float):
+    def __init__(self, reply: Reply, framed: Iterator[bytes], store: StreamRecords, stream_id: str, grace: float):
         self.reply = reply
         self.framed = framed
         self.store = store
@@ -100,7 +101,11 @@ class RecordedReply:
         self.restarting = False
         self._interrupt: Callable | None = None  # see server.disconnect.interrupter
         self._appending = False  # a record write may wait on Redis: not where a restart may land
-        store.producers[stream_id] = self.stop
+        self._drain_key: int | None = None
+
+    def start(self, headers: dict[str, str]) -> None:
+        """Start the record (``RecordsUnavailable``: not recorded), and let a stop or a restart end the reply."""
+        self.store.start(self.stream_id, headers, self.stop)
         self._drain_key = DRAIN.register(self.restart)
 
     def body(self) -> Iterator[bytes]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..domain.validation import InvalidRequest
-from ..server.disconnect import ClientTimeout, MalformedBody, read_body_within
+from ...domain.validation import InvalidRequest
+from ...server.disconnect import ClientTimeout, MalformedBody, read_body_within
 
 
 def request_body_within(seconds: float) -> bytes:

@@ -1,9 +1,9 @@
-"""The streaming response, and the framer that turns a reply's text and ending into the body's bytes.
+"""The response a framed reply travels in: streamed (``reply_response``) or whole (``whole_response``).
 
-A framer is a generator over a ``Reply``: it writes each piece of text in its
-wire format, counts the bytes in ``reply.record.bytes``, and ends the body as
-the reply ended (for ``text/plain``: a cut-short reply ends with its notice,
-``cut_short_notice()``). A second wire format is a second framer.
+A framer (``text``, ``openai_sse``) is a generator over a ``Reply``: it writes
+each piece of text in its wire format, counts the bytes in
+``reply.record.bytes``, and ends the body as the reply ended. This module puts
+a framer's bytes in a response, with the headers that say who answered.
 
 While a body streams, the worker's drain (``server.drain``) can end it: the
 error is thrown where the body's greenlet waits, and the reply ends as cut
@@ -16,18 +16,10 @@ from typing import Callable, Iterator
 
 from flask import Response, stream_with_context
 
-from ..domain.relay import CUT_SHORT, OPEN, RESTARTING, Reply, ReplyRecord
-from ..server.disconnect import interrupter
-from ..server.drain import DRAIN
-
-#: Ends a plain-text reply that broke after text was sent; the chat page looks for "[Reply cut short:".
-CUT_SHORT_NOTICE = "\n\n[Reply cut short: the model stopped responding. Please try again.]"
-RESTARTING_NOTICE = "\n\n[Reply cut short: the service is restarting. Please try again.]"
-
-
-def cut_short_notice(cut_reason: str) -> str:
-    """Return the notice that ends a plain-text reply cut short for ``cut_reason``."""
-    return RESTARTING_NOTICE if cut_reason == RESTARTING else CUT_SHORT_NOTICE
+from ...domain.record import OPEN, ReplyRecord
+from ...domain.relay import Reply
+from ...server.disconnect import interrupter
+from ...server.drain import DRAIN
 
 STREAM_HEADERS = {
     "Cache-Control": "no-store",
@@ -35,19 +27,6 @@ STREAM_HEADERS = {
     "X-Accel-Buffering": "no",
     "Content-Encoding": "identity",
 }
-
-
-def plain_text(reply: Reply) -> Iterator[bytes]:
-    """Frame ``reply`` as ``text/plain; charset=utf-8``: its UTF-8 text, then the notice if it was cut short."""
-    record = reply.record
-    for text in reply.text():
-        if not text:
-            continue  # a heartbeat from a silent upstream: text/plain has no way to say it
-        chunk = text.encode()
-        record.bytes += len(chunk)
-        yield chunk
-    if record.ended == CUT_SHORT:
-        yield cut_short_notice(record.cut_reason).encode()
 
 
 def reply_headers(reply: Reply) -> dict[str, str]:
@@ -58,9 +37,8 @@ def reply_headers(reply: Reply) -> dict[str, str]:
         headers["X-Terminal-Model"] = record.model
     if record.mode == "fallback":
         headers["X-Terminal-Reason"] = record.reason
-    remaining = record.tags.get("token_budget_remaining")
-    if remaining is not None:
-        headers["X-Token-Budget-Remaining"] = str(remaining)
+    if record.tokens.remaining is not None:
+        headers["X-Token-Budget-Remaining"] = str(record.tokens.remaining)
     return headers
 
 
@@ -70,6 +48,16 @@ def reply_response(reply: Reply, framer: Callable[[Reply], Iterator[bytes]], con
                                  headers={**STREAM_HEADERS, **reply_headers(reply)})
     response.call_on_close(reply.close)
     return response
+
+
+def whole_response(reply: Reply, render: Callable[[Reply, Iterator[str]], bytes], content_type: str) -> Response:
+    """Return the response holding all of ``reply``, as ``render`` writes it from the reply and its text."""
+    try:
+        # Read here, in the request: a restart's drain must be able to end it as it ends a stream.
+        body = render(reply, drainable(reply.text(), reply.record))
+    finally:
+        reply.close()
+    return Response(body, content_type=content_type, headers=reply_headers(reply))
 
 
 def drainable(body: Iterator, record: ReplyRecord) -> Iterator:

@@ -12,7 +12,7 @@ An access line is logged as an ``AccessLine``: its fields, which the text
 format writes as ``key=value`` and the JSON format as the object's keys.
 
 A streamed reply is logged by ``log_reply``, a ``Relay`` listener, when the
-reply closes: its ``ReplyRecord`` carries the request's own fields as tags.
+reply closes: its ``ReplyRecord`` carries the request's own fields (``Caller``).
 Every other request (errors, the page, ``/healthz``) is logged when its
 response closes.
 """
@@ -29,10 +29,10 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from ..domain.relay import ReplyRecord
-from ..logformat import JsonLines
-from ..redaction import one_line, redact
-from .service import service
+from ...domain.record import Caller, ReplyRecord
+from ...logformat import JsonLines
+from ...redaction import one_line, redact
+from ..service import service
 
 log = logging.getLogger("streamchat")
 access_log = logging.getLogger("streamchat.access")
@@ -107,14 +107,12 @@ def request_started() -> float:
     return g.get("started") or time.perf_counter()
 
 
-def request_tags(user_text: str | None) -> dict[str, Any]:
+def caller(service_key: str | None = None, user_text: str | None = None) -> Caller:
     """Return this request's fields for its reply's record: what the access line shows besides the reply."""
-    tags: dict[str, Any] = {"request_id": g.get("request_id", "-"), "method": request.method, "path": request.path,
-                            "status": 200, "client": request.remote_addr or "-", "endpoint": _endpoint()}
-    if user_text is not None:
-        # Only what the log line shows: the whole message would stay in memory while the reply streams.
-        tags["user_text"] = user_text[:LOGGED_USER_TEXT_CHARS]
-    return tags
+    # Only what the log line shows of the user's text: the whole message would stay in memory while the reply streams.
+    return Caller(request_id=g.get("request_id", "-"), method=request.method, path=request.path,
+                  endpoint=_endpoint(), client=request.remote_addr or "-", service_key=service_key,
+                  user_text=user_text[:LOGGED_USER_TEXT_CHARS] if user_text is not None else None)
 
 
 def _start_request() -> None:
@@ -176,13 +174,14 @@ def _value(key: str, value: Any) -> str:
 
 def log_reply(record: ReplyRecord) -> None:
     """Write the access line of a streamed reply (a ``Relay`` listener)."""
-    tags = record.tags
-    if "request_id" not in tags:
+    asked = record.caller
+    if asked is None:
         return  # not a web request's reply
     started, first, now = record.started, record.first_byte_at, record.ended_at or time.perf_counter()
-    line = {key: tags.get(key, "-") for key in ("request_id", "method", "path", "status", "client")}
-    if "service_key" in tags:
-        line["service_key"] = tags["service_key"]  # the key's id (a digest), never the key
+    line: dict[str, Any] = {"request_id": asked.request_id, "method": asked.method, "path": asked.path,
+                            "status": asked.status, "client": asked.client}
+    if asked.service_key is not None:
+        line["service_key"] = asked.service_key  # the key's id (a digest), never the key
     line.update(mode=record.mode, provider=record.provider, model=record.model or "-",
                 reason=record.reason or record.cut_reason or "-",
                 ttfb_ms=round((first - started) * 1000, 1) if first else None,
@@ -193,6 +192,6 @@ def log_reply(record: ReplyRecord) -> None:
                     tokens_estimated=record.tokens_estimated)
     if record.rule:
         line["rule"] = record.rule
-    if "user_text" in tags:
-        line["user_text"] = tags["user_text"]
+    if asked.user_text is not None:
+        line["user_text"] = asked.user_text
     access_log.info(AccessLine(line))

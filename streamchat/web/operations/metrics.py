@@ -34,7 +34,8 @@ from prometheus_client import multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..domain.relay import CUT_SHORT, RESTARTING, Relay, ReplyRecord
+from ...domain.record import CUT_SHORT, RESTARTING, ReplyRecord
+from ...domain.relay import Relay
 
 PROVIDER, MODEL = "gen_ai_provider_name", "gen_ai_request_model"
 TTFB_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 12, 20)
@@ -104,10 +105,10 @@ class Metrics:
 
     def reply_finished(self, record: ReplyRecord) -> None:
         """Count one reply (a ``Relay`` listener): called once, when it closes."""
-        endpoint = record.tags.get("endpoint", "-")
+        endpoint = record.caller.endpoint if record.caller else "-"
         provider = record.provider or "-"
         reason = record.reason or record.cut_reason or "none"
-        self.requests.labels(endpoint, str(record.tags.get("status", 200))).inc()
+        self.requests.labels(endpoint, str(record.caller.status if record.caller else 200)).inc()
         self.replies.labels(endpoint, record.mode, reason, provider, record.ended).inc()
         if record.first_byte_at is not None:
             self.ttfb.labels(record.mode, provider).observe(record.first_byte_at - record.started)

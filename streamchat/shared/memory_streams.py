@@ -1,0 +1,158 @@
+"""Stream records in one process's memory (``StreamRecords``, see ``streams``).
+
+A single-worker deploy can resume every reply; a multi-worker one only the
+replies of the worker a resume reaches (``/healthz`` says so). Finished
+records expire ``ttl`` seconds after they end, and at most ``MEMORY_CAP`` bytes
+of them are kept.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .streams import FOLLOW_WAKE, STREAMING, StreamInfo, StreamRecords, UnknownStream, check_utf8_offset
+
+#: Bytes of finished replies a process keeps at most; past it the oldest go before their ttl. At 300
+#: replies a second of 2 KB, a 600 s ttl would otherwise hold 360 MB.
+MEMORY_CAP = 32 * 1024 * 1024
+
+
+@dataclass
+class _Record:
+    headers: dict[str, str]
+    body: bytearray = field(default_factory=bytearray)
+    state: str = STREAMING
+    cut_reason: str = ""
+    readers: int = 0
+    last_read: float = 0.0  # monotonic time a reader last looked
+    expires: float | None = None  # monotonic time, once it ended
+
+
+class MemoryStreams(StreamRecords):
+    """Stream records in this process's memory, expiring ``ttl`` seconds after their reply ends."""
+
+    shared = False
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic, cap: int = MEMORY_CAP):
+        self.ttl = ttl
+        self.clock = clock
+        self.cap = cap
+        self._kept = 0  # bytes of the finished records kept
+        self._records: dict[str, _Record] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._changed = threading.Condition()  # a gevent condition under monkey-patching
+        self._waiting = 0  # readers waiting on it: with none, appending notifies nobody
+        self._producers: dict[str, Callable[[], None]] = {}  # stream id -> what stops its reply
+
+    # -- the producing side ---------------------------------------------------------------------
+
+    def start(self, stream_id: str, headers: dict[str, str], stop: Callable[[], None]) -> None:
+        self._expire()
+        self._records[stream_id] = _Record(headers=dict(headers))
+        self._producers[stream_id] = stop
+
+    def append(self, stream_id: str, data: bytes) -> None:
+        record = self._records.get(stream_id)
+        if record is not None and data:
+            record.body += data
+            if self._waiting:
+                self._notify()
+
+    def finish(self, stream_id: str, state: str, cut_reason: str = "") -> None:
+        record = self._records.get(stream_id)
+        if record is None or record.state != STREAMING:
+            return
+        record.state, record.cut_reason = state, cut_reason
+        record.expires = self.clock() + self.ttl
+        heapq.heappush(self._expiry, (record.expires, stream_id))
+        self._kept += len(record.body)
+        self._producers.pop(stream_id, None)
+        self._notify()
+        while self._kept > self.cap and self._expiry:
+            self._drop(*heapq.heappop(self._expiry))
+
+    def has_reader(self, stream_id: str, within: float) -> bool:
+        record = self._records.get(stream_id)
+        return record is not None and (record.readers > 0 or self.clock() - record.last_read < within)
+
+    # -- the reading side -----------------------------------------------------------------------
+
+    def info(self, stream_id: str) -> StreamInfo:
+        record = self._record(stream_id)
+        return StreamInfo(record.state, len(record.body), dict(record.headers), record.cut_reason)
+
+    def check_offset(self, stream_id: str, offset: int, wait: float) -> None:
+        record = self._record(stream_id)
+        deadline = self.clock() + wait
+        with self._changed:
+            while len(record.body) < offset and record.state == STREAMING and self.clock() < deadline:
+                self._wait(min(FOLLOW_WAKE, max(0.0, deadline - self.clock())))
+        check_utf8_offset(record.body, offset)
+
+    def read(self, stream_id: str, offset: int) -> Iterator[bytes]:
+        record = self._record(stream_id)
+        record.readers += 1
+        try:
+            position = offset
+            while True:
+                record.last_read = self.clock()
+                if len(record.body) > position:
+                    chunk = bytes(record.body[position:])
+                    position += len(chunk)
+                    yield chunk
+                    continue
+                if record.state != STREAMING:
+                    return
+                with self._changed:
+                    if len(record.body) == position and record.state == STREAMING:
+                        self._wait(FOLLOW_WAKE)
+        finally:
+            record.readers -= 1
+            record.last_read = self.clock()
+
+    def stop(self, stream_id: str) -> str:
+        record = self._record(stream_id)
+        if record.state == STREAMING:
+            stop = self._producers.get(stream_id)
+            if stop is not None:
+                stop()
+        return record.state
+
+    def health(self) -> dict:
+        return {"store": "memory", "healthy": True, "records": len(self._records), "bytes_kept": self._kept}
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _record(self, stream_id: str) -> _Record:
+        self._expire()
+        record = self._records.get(stream_id)
+        if record is None:
+            raise UnknownStream(stream_id)
+        return record
+
+    def _wait(self, seconds: float) -> None:
+        # Called holding self._changed.
+        self._waiting += 1
+        try:
+            self._changed.wait(seconds)
+        finally:
+            self._waiting -= 1
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _expire(self) -> None:
+        now = self.clock()
+        while self._expiry and self._expiry[0][0] <= now:
+            self._drop(*heapq.heappop(self._expiry))
+
+    def _drop(self, at: float, stream_id: str) -> None:
+        record = self._records.get(stream_id)
+        if record is not None and record.expires == at:
+            del self._records[stream_id]
+            self._kept -= len(record.body)

@@ -1,0 +1,115 @@
+"""The one path from a parsed request to a reply's first byte, for every API.
+
+An API is a parser in front of this path and a framer behind it::
+
+    surface (parse the body)  ->  ChatRequest
+    open_reply(ChatRequest)   ->  OpenedReply       (this module: everything before the first byte)
+    OpenedReply.stream(framer, content_type) / .whole(render, content_type)  ->  Response
+
+``open_reply`` takes the steps every reply takes, in this order (the route's
+hard rate limit, a decorator from ``guards.limits``, ran before the body was
+even read):
+
+1. the record: a ``ReplyRecord`` with the request's ``Caller`` and start time;
+2. the live-model budget (``guards.budgets.LiveBudget``), unless the request
+   asked for the rules;
+3. the token reservation (``guards.budgets.reserve_tokens``), held in the
+   record's ``TokenHold`` and released if no reply opens;
+4. the client watch (``server.disconnect``): a client that leaves while the
+   model is awaited ends the wait, except for a recorded reply, which
+   outlives its client for ``RESUME_GRACE``;
+5. the relay: the first provider that produces text in time, else the rules.
+
+Adding a wire format touches only its parser (``surfaces``) and its framer
+(``framing``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from flask import Response, g, request
+
+from ..domain.providers.base import DEFAULT_OPTIONS, Options
+from ..domain.record import ReplyRecord
+from ..domain.relay import Reply
+from ..domain.validation import Limits
+from ..server.disconnect import watch_client
+from ..shared.streams import StreamRecords
+from .framing.recorded import recorded_response
+from .framing.response import reply_response, whole_response
+from .guards.budgets import release_tokens, reserve_tokens
+from .operations.access import caller, request_started
+from .service import service
+
+#: X-Terminal-Reason of a reply the rules wrote because the request asked for them (``/v1``'s "rules" model).
+RULES_REQUESTED = "requested"
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A request any API parsed: the conversation, its options, and who asks."""
+
+    messages: list[dict[str, str]]
+    client: str  # who counts against the budgets: the peer address, or a service key (and its end user)
+    options: Options = DEFAULT_OPTIONS
+    service_key: str | None = None  # on /v1: the key's id, for the access line
+    model: str | None = None  # a provider or model to try first (``/v1``'s "model")
+    rules_requested: bool = False  # answer from the rules without trying a model
+    resumable: bool = False  # the wire format can be recorded and read again (``X-Stream-Id``)
+
+
+def chat_limits() -> Limits:
+    """The conversation limits every parser checks (messages and characters)."""
+    settings = service().settings
+    return Limits(settings.chat_max_messages, settings.chat_max_chars)
+
+
+def open_reply(asked: ChatRequest) -> OpenedReply:
+    """Take every step before the first byte and return the reply, its mode decided."""
+    svc = service()
+    settings = svc.settings
+    messages = asked.messages
+    record = ReplyRecord(started=request_started(),
+                         caller=caller(asked.service_key, messages[-1]["content"] if settings.log_user_text else None))
+    live_denied = RULES_REQUESTED if asked.rules_requested else svc.budget.live_denied(asked.client)
+    live_possible = live_denied is None and bool(svc.relay.chain)
+    live_denied = reserve_tokens(svc.tokens, record.tokens, asked.client, messages, settings,
+                                 asked.options.max_tokens, live_possible) or live_denied
+    records = svc.streams if asked.resumable else None
+    grace = settings.resume_grace if records is not None else 0
+    # With a grace period the reply outlives its client, so a client that leaves must not end it at once.
+    watch = watch_client(request.environ) if not grace else None
+    prefer = next((p.name for p in svc.relay.chain if asked.model in (p.model, p.name)), None) if asked.model else None
+    try:
+        reply = svc.relay.open(messages, on_close=watch.stop if watch else None, live_denied=live_denied,
+                               record=record, options=asked.options, prefer=prefer)
+    except BaseException:
+        release_tokens(svc.tokens, record.tokens)
+        raise
+    g.reply_record = record  # the access log leaves this request to log_reply, when the reply closes
+    return OpenedReply(reply, records, grace)
+
+
+@dataclass
+class OpenedReply:
+    """A reply whose mode is decided, to be framed in a response."""
+
+    reply: Reply
+    records: StreamRecords | None  # where it is recorded as it streams; None: not recorded
+    grace: float  # seconds it outlives its client, for the client to come back
+
+    @property
+    def record(self) -> ReplyRecord:
+        return self.reply.record
+
+    def stream(self, framer: Callable[[Reply], Iterator[bytes]], content_type: str) -> Response:
+        """Return the response streaming the reply through ``framer``, recorded when the API is resumable."""
+        if self.records is None:
+            return reply_response(self.reply, framer, content_type)
+        return recorded_response(self.reply, framer, content_type, self.records, self.grace)
+
+    def whole(self, render: Callable[[Reply, Iterator[str]], bytes], content_type: str) -> Response:
+        """Return the response holding the whole reply, as ``render`` writes it."""
+        return whole_response(self.reply, render, content_type)
