@@ -1,9 +1,10 @@
 """gunicorn settings: gevent workers so one worker holds thousands of open streams.
 
 Start it with ``python -m streamchat.server.serve`` (the Procfile does): it checks
-every setting, these included, before gunicorn reads any of them. This file must
-not import ``streamchat.config``: that imports ``requests`` and ``ssl`` into the
-master, before the workers' gevent patching.
+every setting, these included, before gunicorn reads any of them. The server's
+settings come from the one table (``streamchat.config``, which imports no HTTP
+stack: nothing here may import ``requests`` or ``ssl`` into the master, before
+the workers' gevent patching).
 """
 
 import gc
@@ -11,36 +12,39 @@ import math
 import os
 import resource
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from dotenv import load_dotenv
+from streamchat.config import SERVER_SETTINGS, ConfigError, parse_settings, read_env_file
 
-# Read here too for a plain `gunicorn -c gunicorn.conf.py wsgi:app` (serve.py has read it already).
-if os.environ.get("ENV_FILE", ".env"):
-    load_dotenv(os.environ.get("ENV_FILE", ".env"), override=False)
+read_env_file()  # for a plain `gunicorn -c gunicorn.conf.py wsgi:app`; the launcher has read it already
+try:
+    server_settings = parse_settings(SERVER_SETTINGS)
+except ConfigError as exc:  # one line and exit 2, as the launcher says it, not gunicorn's traceback
+    print(f"streamchat: configuration error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+bind = f"{server_settings.host}:{server_settings.port}"
+workers = server_settings.web_concurrency
 worker_class = "streamchat.server.worker.StreamingWorker"  # gevent's worker with a cheaper client write
 # Connection slots per worker. Idle and slow connections hold one each (a head must arrive within
 # CLIENT_HEADER_TIMEOUT of its first byte), so there are enough for thousands of them and the live
 # streams besides; each open stream also holds an upstream socket: see _allow_open_files.
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+worker_connections = server_settings.worker_connections
 # For gevent workers this is a liveness heartbeat, not a request limit: streams may run longer.
 timeout = 30
 # On SIGTERM a worker lets replies run DRAIN_SECONDS, then ends them with a notice (streamchat.server.drain)
 # and exits; gunicorn's own deadline, after which it kills the worker, comes a margin later.
-DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "20"))
 DRAIN_MARGIN = 5  # whole seconds: gunicorn wants an int
-graceful_timeout = math.ceil(DRAIN_SECONDS) + DRAIN_MARGIN
+graceful_timeout = math.ceil(server_settings.drain_seconds) + DRAIN_MARGIN
 keepalive = 75
 # gunicorn's control socket is shared by every gunicorn of the user: one app must not use another's.
 control_socket_disable = True
 accesslog = None  # the app logs one line per request itself
 errorlog = "-"
-loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info").lower()
-if os.environ.get("LOG_FORMAT", "text").strip().lower() == "json":
+loglevel = server_settings.gunicorn_log_level
+if server_settings.log_format == "json":
     logger_class = "streamchat.server.gunicorn_log.JsonLogger"  # gunicorn's lines as JSON objects too
 # Never preload: the app imports requests/ssl, which must come after gevent's monkey-patching.
 preload_app = False
@@ -81,7 +85,7 @@ _made_metrics_dir = None
 def on_starting(server):
     """Before any worker forks: give the metrics a fresh directory the workers inherit."""
     global _made_metrics_dir
-    if not os.environ.get("METRICS_TOKEN", "").strip():
+    if not server_settings.metrics_token:
         return
     chosen = os.environ.get(METRICS_DIR_VARIABLE)
     if chosen:
@@ -96,7 +100,7 @@ def on_starting(server):
 
 def child_exit(server, worker):
     """A worker ended (or was killed): its open-stream gauge must stop counting."""
-    if os.environ.get(METRICS_DIR_VARIABLE) and os.environ.get("METRICS_TOKEN", "").strip():
+    if os.environ.get(METRICS_DIR_VARIABLE) and server_settings.metrics_token:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)

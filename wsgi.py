@@ -10,23 +10,21 @@ from streamchat.server import resolver  # noqa: E402
 resolver.install()  # IP addresses without a thread, one lookup per name (see its docstring)
 
 import logging  # noqa: E402
-import os  # noqa: E402
 
 # Every request runs in a new greenlet, which logging's records take for a new thread: for each one
 # threading.current_thread() builds a _DummyThread (10 us of the access log line's 15, measured).
 # No log format here shows the thread; gunicorn's shows the process, which stays.
 logging.logThreads = False
 
-from dotenv import load_dotenv  # noqa: E402
-
-# A .env file in the working directory, for local runs; ENV_FILE="" turns it off (the tests do).
-if os.environ.get("ENV_FILE", ".env"):
-    load_dotenv(os.environ.get("ENV_FILE", ".env"), override=False)
-
 import sys  # noqa: E402
 
+from streamchat.config import ConfigError, read_env_file  # noqa: E402
+
+# A .env file in the working directory, for local runs: a no-op under the launcher or gunicorn.conf.py,
+# which read it already; ENV_FILE="" turns it off (the tests do).
+read_env_file()
+
 from app import create_app  # noqa: E402
-from streamchat.config import ConfigError  # noqa: E402
 
 try:
     app = create_app()

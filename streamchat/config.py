@@ -1,9 +1,18 @@
-"""Read and validate every setting, from the environment, in one place.
+"""Read and validate every setting, from the environment, in one place: the one source of every setting.
 
-Each setting is one row of ``SETTINGS``: its environment variable, how to
-parse it, its default and a sentence for the README. ``load_settings()``
-parses them all at start-up and raises ``ConfigError`` naming the variable
-and how to fix it, so a typo fails the deploy instead of the first request.
+Each setting is one attribute of ``Settings``, declared with its type, how to
+parse it, its default and a sentence for the docs; its environment variable is
+its name in capitals. ``SETTINGS`` lists them as rows (``Setting``) for the
+launcher, ``gunicorn.conf.py``, the worker, the app and the generated
+configuration docs alike. ``load_settings()`` parses them all at start-up and
+raises ``ConfigError`` naming the variable and how to fix it, so a typo fails
+the deploy instead of the first request.
+
+The ``.env`` file is read by ``read_env_file()``, once: the launcher reads it
+and hands its values on in the environment.
+
+This module imports no HTTP stack (gunicorn's master reads the server's
+settings before its workers patch ``ssl`` for gevent).
 """
 
 from __future__ import annotations
@@ -11,11 +20,12 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Mapping
 
-from .domain.providers import PROVIDER_CLASSES, PROVIDERS
+from .domain.provider_facts import FACTS_BY_NAME, PROVIDER_FACTS, ProviderFacts
 
 API_KEY = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an HTTP header carries as is
 
@@ -108,16 +118,17 @@ def _url(raw: str) -> str:
 
 def _provider_list(raw: str) -> tuple[str, ...]:
     names = tuple(name.strip().lower() for name in raw.split(",") if name.strip())
-    unknown = [name for name in names if name not in PROVIDER_CLASSES]
+    unknown = [name for name in names if name not in FACTS_BY_NAME]
     if unknown:
-        raise ValueError(f"unknown provider {unknown[0]!r}; known: {', '.join(PROVIDER_CLASSES)}")
+        raise ValueError(f"unknown provider {unknown[0]!r}; known: {', '.join(FACTS_BY_NAME)}")
     if len(set(names)) != len(names):
         raise ValueError("names a provider twice")
     return names
 
 
 def _limit_string(raw: str) -> str:
-    # Parsed for real by flask-limiter; here we only reject the obvious typos early.
+    # Parsed for real by flask-limiter; here we only reject the obvious typos early. Imported here: limits
+    # imports asyncio, and so ssl, which gunicorn's master must not (see the module's docstring).
     from limits import parse_many
 
     if raw.strip().lower() == "off":
@@ -184,6 +195,8 @@ def _one_of(*choices: str) -> Callable[[str], str]:
 
 @dataclass(frozen=True)
 class Setting:
+    """One row of the settings table: an environment variable, how to parse it, its default and its doc."""
+
     env: str
     parse: Callable[[str], Any]
     default: str | None
@@ -200,151 +213,200 @@ class Setting:
         return f"{self.env}={self.example or self.default or ''}"
 
 
-def _provider_settings(cls) -> tuple[Setting, ...]:
-    """Return the settings a provider class declares: its key, base URL and model."""
-    return (
-        Setting(cls.key_env_var, _api_key, "", f"Key for {cls.title}.", secret=True,
-                example="the-key-as-issued"),
-        Setting(cls.base_url_env_var, _url, cls.default_base_url, cls.base_url_doc or f"Base URL of {cls.title}."),
-        Setting(cls.model_env_var, _text, cls.default_model, f"Model name sent to {cls.title}."),
-    )
+def _setting(parse: Callable[[str], Any], default: str | None, doc: str, *, secret: bool = False,
+             example: str = "") -> Any:
+    """Declare a ``Settings`` attribute, read from the environment variable of its name in capitals."""
+    return field(metadata={"setting": (parse, default, doc, secret, example)})
 
 
-SETTINGS: tuple[Setting, ...] = (
-    *(setting for cls in PROVIDERS for setting in _provider_settings(cls)),
-    Setting("LLM_PROVIDERS", _provider_list, None,
-            f"Comma-separated order of providers to try, e.g. `{','.join(reversed(PROVIDER_CLASSES))}`. "
-            f"Default: every configured provider, in the order {', '.join(PROVIDER_CLASSES)}.",
-            example=",".join(PROVIDER_CLASSES)),
-    Setting("SYSTEM_PROMPT", _text, "", "The system prompt (the client can never send one).",
-            example="You are the assistant of Example Shop."),
-    Setting("SYSTEM_PROMPT_FILE", _text, "", "Read the system prompt from this file instead.", example="prompt.txt"),
-    Setting("LLM_MAX_TOKENS", _positive_int, "1024", "Maximum tokens per reply."),
-    Setting("LLM_TEMPERATURE", _temperature, "", "Sampling temperature, 0-2; empty for the provider's default.", example="0.7"),
-    Setting("LLM_CONNECT_TIMEOUT", _seconds, "5", "Seconds to open the upstream connection."),
-    Setting("LLM_FIRST_TOKEN_TIMEOUT", _seconds, "12",
-            "Seconds to wait for the first text before falling back (Heroku drops silent requests at 30 s)."),
-    Setting("LLM_IDLE_TIMEOUT", _seconds, "20", "Seconds of upstream silence tolerated between chunks."),
-    Setting("LLM_MAX_DURATION", _seconds, "300", "Seconds after which a reply is cut short."),
-    Setting("LLM_COOLDOWN", _non_negative_seconds, "30",
-            "Seconds a provider is skipped after a 429, 5xx or timeout (longer if `retry-after` says so)."),
-    Setting("LLM_POOL_SIZE", _positive_int, "1000", "Upstream connections kept open per provider and worker."),
-    Setting("CLIENT_TIMEOUT", _seconds, "60",
-            "Seconds a client may take to send its request body (408 after), and may read nothing while its "
-            "reply waits to be sent (then its stream is closed)."),
-    Setting("CLIENT_HEADER_TIMEOUT", _seconds, "10",
-            "Seconds a client may take to send a request's head, from its first byte (then its connection is "
-            "closed); a kept-alive connection may idle between requests for gunicorn's keep-alive time (75 s)."),
-    Setting("CHAT_MAX_MESSAGES", _positive_int, "50", "Most messages accepted in one conversation."),
-    Setting("CHAT_MAX_CHARS", _positive_int, "32000", "Most characters accepted across all messages, counting two for each break between consecutive "
-            "messages of one role (they are sent joined to APIs that want roles to alternate)."),
-    Setting("CHAT_MAX_BODY_BYTES", _positive_int, "262144", "Largest request body in bytes (413 above it)."),
-    Setting("RULES_PATH", _text, "rules.yaml", "The keyword rules used when no model answers."),
-    Setting("FALLBACK_WORD_DELAY", _non_negative_seconds, "0",
-            "Optional typing pace for fallback replies, seconds per word group (0 = as fast as possible)."),
-    Setting("CHAT_RATE_LIMIT", _limit_string, "20/minute;300/day",
-            "Hard per-client limit on `/api/chat` (`off` disables it, e.g. behind a gateway that limits; with no "
-            "budget set either, flask-limiter is not run at all)."),
-    Setting("REDIS_URL", _redis_url, "",
-            "The one Redis every worker and instance shares (`redis://` or `rediss://`): rate limits, budgets and "
-            "the circuit breaker. Empty: each worker process keeps its own.",
-            example="redis://localhost:6379/0"),
-    Setting("REDIS_TIMEOUT", _seconds, "0.5",
-            "Seconds any Redis call may take; past it the worker carries on without Redis (and says so in `/healthz`)."),
-    Setting("RESUME_TTL", _non_negative_seconds, "600",
-            "Seconds a reply's record (`X-Stream-Id`) can still be read or resumed after the reply ends; `0` records "
-            "nothing (no stream ids)."),
-    Setting("RESUME_GRACE", _non_negative_seconds, "10",
-            "Seconds a reply goes on being produced and recorded after its client left, for the client to come "
-            "back; `0` closes the upstream at once."),
-    Setting("RATELIMIT_STORAGE_URI", _text, "",
-            "Where rate limits and budgets count, if not in `REDIS_URL`: `memory://` counts per worker process; "
-            "`redis://host:6379` shares counts across workers and machines. Default: `REDIS_URL`, else `memory://`.",
-            example="memory://"),
-    Setting("LLM_BUDGET_PER_CLIENT", _budget, "",
-            "Soft per-client budget of live-model replies, e.g. `50/day`; above it the rules answer.", example="50/day"),
-    Setting("LLM_BUDGET_GLOBAL", _budget, "", "Soft budget of live-model replies for the whole service, e.g. `5000/day`.",
-            example="5000/day"),
-    Setting("LLM_TOKEN_BUDGET_PER_CLIENT", _budget, "",
-            "Tokens (prompt and reply) one client may spend on live models, e.g. `20000/day`; reserved before a model "
-            "is called, settled on what the reply used; past it the rules answer.", example="20000/day"),
-    Setting("LLM_TOKEN_BUDGET_GLOBAL", _budget, "", "Tokens the whole service may spend on live models, e.g. "
-            "`2000000/day`.", example="2000000/day"),
-    Setting("SERVICE_API_KEYS", _service_keys, "",
-            "Comma-separated secrets your own backends send as `Authorization: Bearer <key>` to the "
-            "OpenAI-compatible `/v1` API; empty: `/v1` answers 404. Each key is its own client for limits and budgets.",
-            secret=True, example="a-random-secret-of-32-characters"),
-    Setting("API_RATE_LIMIT", _limit_string, "600/minute",
-            "Hard per-key limit on `/v1/chat/completions` (`off` disables it)."),
-    Setting("TRUSTED_PROXIES", _non_negative_int, "0",
-            "Number of proxies in front of the app whose `X-Forwarded-For` is trusted (Heroku: 1)."),
-    Setting("CORS_ORIGINS", _origins, "", "Comma-separated origins allowed to call the API from a browser.",
-            example="https://example.com"),
-    Setting("EMBED_ORIGINS", _origins, "",
-            "Comma-separated origins of the sites that embed the chat (`widget.js`, or the page in an iframe): "
-            "they may call the API from a browser and frame the page.", example="https://shop.example.com"),
-    Setting("CHAT_TITLE", _text, "Assistant", "The chat's title, on the page and in the widget."),
-    Setting("CHAT_GREETING", _text, "Ask anything. Replies appear as they are written.",
-            "What the chat says before the first message."),
-    Setting("CHAT_SUGGESTIONS", _suggestions, "",
-            "Up to 6 suggested first questions, separated by `|`, shown as buttons before the first message.",
-            example="What are your opening hours?|How do I return an item?"),
-    Setting("LOG_USER_TEXT", _flag, "false", "Log the user's last message (debugging only)."),
-    Setting("LOG_FORMAT", _one_of("text", "json"), "text",
-            "`text`: one readable `key=value` line per request; `json`: one JSON object per line, same fields."),
-    Setting("METRICS_TOKEN", _api_key, "",
-            "Turns on `GET /metrics` (Prometheus), which then needs `Authorization: Bearer <this token>`.",
-            secret=True, example="a-long-random-string"),
-    # Read by gunicorn.conf.py (and checked by streamchat.server.serve before gunicorn starts).
-    Setting("HOST", _host, "0.0.0.0", "Address the server listens on (`./run` uses `127.0.0.1`)."),
-    Setting("PORT", _port, "8000", "Port the server listens on (Heroku sets it)."),
-    Setting("WEB_CONCURRENCY", _positive_int, "1",
-            "Worker processes; each holds thousands of streams. Heroku sets it from the dyno size."),
-    Setting("WORKER_CONNECTIONS", _positive_int, "10000", "Connections one worker holds at most."),
-    Setting("DRAIN_SECONDS", _seconds, "20",
-            "On SIGTERM, seconds open replies may take to finish; then they end with a restarting notice. Keep "
-            "it 5 s under the platform's kill (Heroku: 30 s)."),
-    Setting("GUNICORN_LOG_LEVEL", _one_of("debug", "info", "warning", "error", "critical"), "info",
-            "The server's own log level."),
-)
+def _key_of(facts: ProviderFacts) -> Any:
+    return _setting(_api_key, "", f"Key for {facts.title}.", secret=True, example="the-key-as-issued")
+
+
+def _base_url_of(facts: ProviderFacts) -> Any:
+    return _setting(_url, facts.default_base_url, facts.base_url_doc or f"Base URL of {facts.title}.")
+
+
+def _model_of(facts: ProviderFacts) -> Any:
+    return _setting(_text, facts.default_model, f"Model name sent to {facts.title}.")
+
+
+OPENAI, ANTHROPIC = FACTS_BY_NAME["openai"], FACTS_BY_NAME["anthropic"]
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting, parsed; built by ``load_settings()``."""
+    """Every setting, parsed; built by ``load_settings()``. The attribute ``chat_title`` is ``CHAT_TITLE``."""
 
-    values: Mapping[str, Any]
-    explicitly_set: frozenset[str] = field(default_factory=frozenset)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    openai_api_key: str = _key_of(OPENAI)
+    openai_base_url: str = _base_url_of(OPENAI)
+    openai_model: str = _model_of(OPENAI)
+    anthropic_api_key: str = _key_of(ANTHROPIC)
+    anthropic_base_url: str = _base_url_of(ANTHROPIC)
+    anthropic_model: str = _model_of(ANTHROPIC)
+    # None in the table (no default): load_settings fills in every configured provider.
+    llm_providers: tuple[str, ...] = _setting(
+        _provider_list, None,
+        f"Comma-separated order of providers to try, e.g. `{','.join(reversed(FACTS_BY_NAME))}`. "
+        f"Default: every configured provider, in the order {', '.join(FACTS_BY_NAME)}.",
+        example=",".join(FACTS_BY_NAME))
+    system_prompt: str = _setting(_text, "", "The system prompt (the client can never send one).",
+                                  example="You are the assistant of Example Shop.")
+    system_prompt_file: str = _setting(_text, "", "Read the system prompt from this file instead.",
+                                       example="prompt.txt")
+    llm_max_tokens: int = _setting(_positive_int, "1024", "Maximum tokens per reply.")
+    llm_temperature: float | None = _setting(
+        _temperature, "", "Sampling temperature, 0-2; empty for the provider's default.", example="0.7")
+    llm_connect_timeout: float = _setting(_seconds, "5", "Seconds to open the upstream connection.")
+    llm_first_token_timeout: float = _setting(
+        _seconds, "12", "Seconds to wait for the first text before falling back (Heroku drops silent requests at 30 s).")
+    llm_idle_timeout: float = _setting(_seconds, "20", "Seconds of upstream silence tolerated between chunks.")
+    llm_max_duration: float = _setting(_seconds, "300", "Seconds after which a reply is cut short.")
+    llm_cooldown: float = _setting(
+        _non_negative_seconds, "30",
+        "Seconds a provider is skipped after a 429, 5xx or timeout (longer if `retry-after` says so).")
+    llm_pool_size: int = _setting(_positive_int, "1000", "Upstream connections kept open per provider and worker.")
+    client_timeout: float = _setting(
+        _seconds, "60", "Seconds a client may take to send its request body (408 after), and may read nothing while "
+        "its reply waits to be sent (then its stream is closed).")
+    client_header_timeout: float = _setting(
+        _seconds, "10", "Seconds a client may take to send a request's head, from its first byte (then its connection "
+        "is closed); a kept-alive connection may idle between requests for gunicorn's keep-alive time (75 s).")
+    chat_max_messages: int = _setting(_positive_int, "50", "Most messages accepted in one conversation.")
+    chat_max_chars: int = _setting(
+        _positive_int, "32000", "Most characters accepted across all messages, counting two for each break between "
+        "consecutive messages of one role (they are sent joined to APIs that want roles to alternate).")
+    chat_max_body_bytes: int = _setting(_positive_int, "262144", "Largest request body in bytes (413 above it).")
+    rules_path: str = _setting(_text, "rules.yaml", "The keyword rules used when no model answers.")
+    fallback_word_delay: float = _setting(
+        _non_negative_seconds, "0",
+        "Optional typing pace for fallback replies, seconds per word group (0 = as fast as possible).")
+    chat_rate_limit: str = _setting(
+        _limit_string, "20/minute;300/day",
+        "Hard per-client limit on `/api/chat` (`off` disables it, e.g. behind a gateway that limits; with no "
+        "budget set either, flask-limiter is not run at all).")
+    redis_url: str = _setting(
+        _redis_url, "", "The one Redis every worker and instance shares (`redis://` or `rediss://`): rate limits, "
+        "budgets and the circuit breaker. Empty: each worker process keeps its own.",
+        example="redis://localhost:6379/0")
+    redis_timeout: float = _setting(
+        _seconds, "0.5",
+        "Seconds any Redis call may take; past it the worker carries on without Redis (and says so in `/healthz`).")
+    resume_ttl: float = _setting(
+        _non_negative_seconds, "600", "Seconds a reply's record (`X-Stream-Id`) can still be read or resumed after "
+        "the reply ends; `0` records nothing (no stream ids).")
+    resume_grace: float = _setting(
+        _non_negative_seconds, "10", "Seconds a reply goes on being produced and recorded after its client left, "
+        "for the client to come back; `0` closes the upstream at once.")
+    # Empty in the table: load_settings fills in REDIS_URL, else memory://.
+    ratelimit_storage_uri: str = _setting(
+        _text, "", "Where rate limits and budgets count, if not in `REDIS_URL`: `memory://` counts per worker "
+        "process; `redis://host:6379` shares counts across workers and machines. Default: `REDIS_URL`, else "
+        "`memory://`.", example="memory://")
+    llm_budget_per_client: str = _setting(
+        _budget, "", "Soft per-client budget of live-model replies, e.g. `50/day`; above it the rules answer.",
+        example="50/day")
+    llm_budget_global: str = _setting(
+        _budget, "", "Soft budget of live-model replies for the whole service, e.g. `5000/day`.", example="5000/day")
+    llm_token_budget_per_client: str = _setting(
+        _budget, "", "Tokens (prompt and reply) one client may spend on live models, e.g. `20000/day`; reserved "
+        "before a model is called, settled on what the reply used; past it the rules answer.", example="20000/day")
+    llm_token_budget_global: str = _setting(
+        _budget, "", "Tokens the whole service may spend on live models, e.g. `2000000/day`.", example="2000000/day")
+    service_api_keys: tuple[str, ...] = _setting(
+        _service_keys, "", "Comma-separated secrets your own backends send as `Authorization: Bearer <key>` to the "
+        "OpenAI-compatible `/v1` API; empty: `/v1` answers 404. Each key is its own client for limits and budgets.",
+        secret=True, example="a-random-secret-of-32-characters")
+    api_rate_limit: str = _setting(
+        _limit_string, "600/minute", "Hard per-key limit on `/v1/chat/completions` (`off` disables it).")
+    trusted_proxies: int = _setting(
+        _non_negative_int, "0", "Number of proxies in front of the app whose `X-Forwarded-For` is trusted (Heroku: 1).")
+    cors_origins: tuple[str, ...] = _setting(
+        _origins, "", "Comma-separated origins allowed to call the API from a browser.", example="https://example.com")
+    embed_origins: tuple[str, ...] = _setting(
+        _origins, "", "Comma-separated origins of the sites that embed the chat (`widget.js`, or the page in an "
+        "iframe): they may call the API from a browser and frame the page.", example="https://shop.example.com")
+    chat_title: str = _setting(_text, "Assistant", "The chat's title, on the page and in the widget.")
+    chat_greeting: str = _setting(_text, "Ask anything. Replies appear as they are written.",
+                                  "What the chat says before the first message.")
+    chat_suggestions: tuple[str, ...] = _setting(
+        _suggestions, "", "Up to 6 suggested first questions, separated by `|`, shown as buttons before the first "
+        "message.", example="What are your opening hours?|How do I return an item?")
+    log_user_text: bool = _setting(_flag, "false", "Log the user's last message (debugging only).")
+    log_format: str = _setting(
+        _one_of("text", "json"), "text",
+        "`text`: one readable `key=value` line per request; `json`: one JSON object per line, same fields.")
+    metrics_token: str = _setting(
+        _api_key, "", "Turns on `GET /metrics` (Prometheus), which then needs `Authorization: Bearer <this token>`.",
+        secret=True, example="a-long-random-string")
+    # The server's own (SERVER_SETTINGS): read by gunicorn.conf.py in gunicorn's master, and by the worker.
+    host: str = _setting(_host, "0.0.0.0", "Address the server listens on (`./run` uses `127.0.0.1`).")
+    port: int = _setting(_port, "8000", "Port the server listens on (Heroku sets it).")
+    web_concurrency: int = _setting(
+        _positive_int, "1", "Worker processes; each holds thousands of streams. Heroku sets it from the dyno size.")
+    worker_connections: int = _setting(_positive_int, "10000", "Connections one worker holds at most.")
+    drain_seconds: float = _setting(
+        _seconds, "20", "On SIGTERM, seconds open replies may take to finish; then they end with a restarting notice. "
+        "Keep it 5 s under the platform's kill (Heroku: 30 s).")
+    gunicorn_log_level: str = _setting(
+        _one_of("debug", "info", "warning", "error", "critical"), "info", "The server's own log level.")
+    #: The variables set in the environment (not left to their defaults).
+    explicitly_set: frozenset[str] = frozenset()
 
     def is_set(self, env: str) -> bool:
         return env in self.explicitly_set
 
 
+#: Every setting, in the order of ``Settings``'s attributes (and of the configuration docs).
+SETTINGS: tuple[Setting, ...] = tuple(Setting(f.name.upper(), *f.metadata["setting"])
+                                      for f in fields(Settings) if "setting" in f.metadata)
+#: What gunicorn's master reads (``gunicorn.conf.py``), through ``parse_settings``.
+SERVER_SETTINGS = ("HOST", "PORT", "WEB_CONCURRENCY", "WORKER_CONNECTIONS", "DRAIN_SECONDS", "GUNICORN_LOG_LEVEL",
+                   "LOG_FORMAT", "METRICS_TOKEN")
+_BY_ENV = {setting.env: setting for setting in SETTINGS}
+
+_env_file_read = False
+
+
+def read_env_file() -> None:
+    """Add the ``.env`` file's variables to the environment, never over ones already set; ``ENV_FILE=""``: none.
+
+    Once per process, and once for the service: the launcher reads it, then sets ``ENV_FILE=""`` for
+    gunicorn and its workers, which find its values in the environment they inherit.
+    """
+    global _env_file_read
+    env_file = os.environ.get("ENV_FILE", ".env")
+    if _env_file_read or not env_file:
+        return
+    _env_file_read = True
+    from dotenv import load_dotenv
+
+    load_dotenv(env_file, override=False)
+
+
+def parse_settings(envs: Iterable[str], environ: Mapping[str, str] | None = None) -> SimpleNamespace:
+    """Parse the settings named by ``envs`` alone (their attributes, e.g. ``.port``), raising ConfigError."""
+    environ = os.environ if environ is None else environ
+    return SimpleNamespace(**{_BY_ENV[env].attr: _parse(_BY_ENV[env], environ.get(env)) for env in envs})
+
+
+def _parse(setting: Setting, raw: str | None) -> Any:
+    if raw is None or raw.strip() == "":
+        raw = setting.default
+    if raw is None:
+        return None
+    try:
+        return setting.parse(raw.strip())
+    except (ValueError, TypeError) as exc:
+        shown = "***" if setting.secret else repr(raw)
+        raise ConfigError(f"{setting.env}={shown} is invalid: {exc} (for example {setting.example_line()})") from None
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Parse every setting from ``environ`` (default ``os.environ``), raising ConfigError on the first bad one."""
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    explicitly_set = set()
-    for setting in SETTINGS:
-        raw = environ.get(setting.env)
-        if raw is not None and raw.strip() != "":
-            explicitly_set.add(setting.env)
-        else:
-            raw = setting.default
-        if raw is None:
-            values[setting.attr] = None
-            continue
-        try:
-            values[setting.attr] = setting.parse(raw.strip())
-        except (ValueError, TypeError) as exc:
-            shown = "***" if setting.secret else repr(raw)
-            raise ConfigError(f"{setting.env}={shown} is invalid: {exc} (for example {setting.example_line()})") from None
+    values = {setting.attr: _parse(setting, environ.get(setting.env)) for setting in SETTINGS}
+    explicitly_set = {setting.env for setting in SETTINGS if (environ.get(setting.env) or "").strip()}
 
     if values["system_prompt"] and values["system_prompt_file"]:
         raise ConfigError("Set SYSTEM_PROMPT or SYSTEM_PROMPT_FILE, not both.")
@@ -362,30 +424,30 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         missing = [name for name in values["llm_providers"] if name not in configured]
         if missing:
             raise ConfigError(f"LLM_PROVIDERS names {missing[0]!r}, which is not configured: "
-                              f"set {configure_hint(PROVIDER_CLASSES[missing[0]])}.")
-    return Settings(values=values, explicitly_set=frozenset(explicitly_set))
+                              f"set {configure_hint(FACTS_BY_NAME[missing[0]])}.")
+    return Settings(**values, explicitly_set=frozenset(explicitly_set))
 
 
 def _configured_providers(values: Mapping[str, Any], explicitly_set: set[str]) -> tuple[str, ...]:
     # A provider is configured by its key, or, for one that may run keyless (a local server such as
     # Ollama, llama.cpp, vLLM), by its base URL alone.
-    return tuple(cls.name for cls in PROVIDERS if values[cls.key_env_var.lower()]
-                 or (cls.keyless and cls.base_url_env_var in explicitly_set))
+    return tuple(facts.name for facts in PROVIDER_FACTS if values[facts.key_env_var.lower()]
+                 or (facts.keyless and facts.base_url_env_var in explicitly_set))
 
 
-def configure_hint(cls) -> str:
-    """Return what to set to configure provider ``cls``, e.g. "OPENAI_API_KEY or OPENAI_BASE_URL"."""
-    return f"{cls.key_env_var} or {cls.base_url_env_var}" if cls.keyless else cls.key_env_var
+def configure_hint(facts: ProviderFacts) -> str:
+    """Return what to set to configure a provider, e.g. "OPENAI_API_KEY or OPENAI_BASE_URL"."""
+    return f"{facts.key_env_var} or {facts.base_url_env_var}" if facts.keyless else facts.key_env_var
 
 
 def no_provider_hint() -> str:
     """Return the sentence the log shows when no provider is configured."""
     return "none configured, the rules answer every request: set " + " or ".join(
-        configure_hint(cls) for cls in PROVIDERS)
+        configure_hint(facts) for facts in PROVIDER_FACTS)
 
 
 def settings_table_markdown() -> str:
-    """Render the settings as the README's configuration table."""
+    """Render the settings as the configuration docs' table."""
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for setting in SETTINGS:
         default = f"`{setting.default}`" if setting.default else "(none)"

@@ -64,6 +64,29 @@ def test_a_bad_setting_is_one_line_without_a_traceback_and_a_non_zero_exit(tmp_p
         assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_plain_gunicorn_reads_the_same_table_and_says_a_bad_server_setting_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"], cwd=REPO,
+                            capture_output=True, text=True, env=clean_env(PORT="80800"), timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["streamchat: configuration error: PORT='80800' is invalid: must be a port "
+                                          "number, 1-65535 (for example PORT=8000)"]
+
+
+def test_the_env_file_is_read_once_the_launcher_hands_its_values_on(tmp_path, monkeypatch):
+    import streamchat.config as config
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("CHAT_TITLE=From the file\n")
+    monkeypatch.setenv("ENV_FILE", str(env_file))
+    monkeypatch.setattr(config, "_env_file_read", False)
+    config.read_env_file()
+    assert config.parse_settings(["CHAT_TITLE"]).chat_title == "From the file"
+    env_file.write_text("CHAT_TITLE=Changed\n")
+    monkeypatch.delenv("CHAT_TITLE")
+    config.read_env_file()  # a second reader in the same process (wsgi.py after gunicorn.conf.py) reads nothing
+    assert config.parse_settings(["CHAT_TITLE"]).chat_title == "Assistant"
+
+
 def test_server_settings_come_from_the_env_file_and_counting_in_memory_with_workers_is_warned(tmp_path):
     port = free_port()
     env_file = tmp_path / ".env"

@@ -10,6 +10,8 @@ import pytest
 
 from servers import REPO
 from streamchat.config import SETTINGS, no_provider_hint, settings_table_markdown
+from streamchat.config import Settings
+from streamchat.domain.provider_facts import PROVIDER_FACTS
 from streamchat.domain.providers import PROVIDERS
 
 PACKAGE = REPO / "streamchat"
@@ -25,6 +27,7 @@ ALLOWED = {
     "shared": {"errors", "redaction", "domain"},
     "web": {"errors", "redaction", "logformat", "config", "domain", "server", "shared"},
     "testing": {"errors", "domain"},
+    "commands": {"config", "domain"},
 }
 #: Inside ``web``: what each room may import from the others (besides itself and the parts above).
 WEB_ROOMS = {
@@ -147,10 +150,47 @@ def test_the_readme_configuration_table_is_the_one_the_code_generates():
         "`.venv/bin/python -m streamchat.config` into it")
 
 
-def test_every_provider_fact_comes_from_its_class():
+def test_every_provider_fact_comes_from_its_declaration():
     envs = {setting.env: setting for setting in SETTINGS}
-    for cls in PROVIDERS:
-        assert envs[cls.key_env_var].secret
-        assert envs[cls.base_url_env_var].default == cls.default_base_url
-        assert envs[cls.model_env_var].default == cls.default_model
-        assert cls.key_env_var in no_provider_hint()
+    assert [cls.facts for cls in PROVIDERS] == list(PROVIDER_FACTS)
+    for facts in PROVIDER_FACTS:
+        assert envs[facts.key_env_var].secret
+        assert envs[facts.base_url_env_var].default == facts.default_base_url
+        assert envs[facts.model_env_var].default == facts.default_model
+        assert facts.key_env_var in no_provider_hint()
+    assert [cls.name for cls in PROVIDERS] == [facts.name for facts in PROVIDER_FACTS]
+
+
+def test_every_setting_is_a_declared_attribute_with_a_type():
+    annotations = Settings.__annotations__
+    assert [setting.attr for setting in SETTINGS] == [name for name in annotations if name != "explicitly_set"]
+    assert all(isinstance(annotations[setting.attr], str) and annotations[setting.attr] for setting in SETTINGS)
+
+
+def test_reading_the_settings_imports_no_http_stack_so_gunicorns_master_may():
+    probe = """
+import json, sys
+from streamchat.config import SERVER_SETTINGS, parse_settings, read_env_file
+read_env_file()
+parse_settings(SERVER_SETTINGS)
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("ssl", "requests", "urllib3", "gevent"))))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "ENV_FILE": ""})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def test_no_module_but_the_settings_reads_a_setting_or_the_env_file_itself():
+    # One source per setting: every reader goes through streamchat.config (the launcher, gunicorn.conf.py, the
+    # worker, wsgi.py, the app); os.environ is read elsewhere only for what is not a setting.
+    readers = [REPO / "gunicorn.conf.py", REPO / "wsgi.py", REPO / "app.py", *PACKAGE.rglob("*.py")]
+    names = {setting.env for setting in SETTINGS}
+    offenders = []
+    for path in readers:
+        text = path.read_text()
+        if path.name != "config.py" and ("load_dotenv" in text or any(
+                f'environ.get("{name}"' in text or f"environ.get('{name}'" in text or f'environ["{name}"]' in text
+                for name in names)):
+            offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []

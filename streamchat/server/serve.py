@@ -5,7 +5,7 @@
 gunicorn reads ``WEB_CONCURRENCY`` itself as it is imported, before its config
 file runs, so a bad value there was a traceback from inside gunicorn, and a
 bad application setting was one traceback per worker. Here the ``.env`` file
-is read and every setting (the server's too: ``PORT``, ``HOST``,
+is read (the only time: see ``config.read_env_file``) and every setting (the server's too: ``PORT``, ``HOST``,
 ``WEB_CONCURRENCY``...) is checked first: a bad one prints one line (which
 variable, what is wrong, a valid example) and exits with status 2. Then this
 process becomes gunicorn (``exec``, same pid: the platform's signals reach
@@ -19,17 +19,10 @@ import os
 import sys
 from pathlib import Path
 
-from dotenv import load_dotenv
+from ..config import ConfigError, load_settings, parse_settings, read_env_file
 
 CONF = Path(__file__).resolve().parents[2] / "gunicorn.conf.py"
 CONFIG_ERROR = 2
-
-
-def read_env_file() -> None:
-    """Add the ``.env`` file's variables to the environment (never over ones already set); ``ENV_FILE=""``: none."""
-    env_file = os.environ.get("ENV_FILE", ".env")
-    if env_file:
-        load_dotenv(env_file, override=False)
 
 
 def start_warnings(settings) -> list[str]:
@@ -43,9 +36,9 @@ def start_warnings(settings) -> list[str]:
     return warnings
 
 
-def say(level: str, text: str) -> None:
+def say(level: str, text: str, log_format: str = "text") -> None:
     """Print one line to stderr: ``streamchat: <text>``, or with ``LOG_FORMAT=json`` one JSON object."""
-    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    if log_format == "json":
         from ..logformat import JsonLines
 
         record = logging.LogRecord("streamchat", getattr(logging, level), __file__, 0, text, None, None)
@@ -56,17 +49,25 @@ def say(level: str, text: str) -> None:
 
 def main(argv: list[str]) -> None:
     read_env_file()
-    from ..config import ConfigError, load_settings  # after .env: it reads the environment
-
     try:
         settings = load_settings()
     except ConfigError as exc:
-        say("ERROR", f"configuration error: {exc}")
+        say("ERROR", f"configuration error: {exc}", _log_format())
         raise SystemExit(CONFIG_ERROR) from None
     for warning in start_warnings(settings):
-        say("WARNING", f"warning: {warning}")
+        say("WARNING", f"warning: {warning}", settings.log_format)
     sys.stderr.flush()
+    # Its values are in the environment now, which gunicorn and its workers inherit: they need not read it again.
+    os.environ["ENV_FILE"] = ""
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "--config", str(CONF), *argv, "wsgi:app"])
+
+
+def _log_format() -> str:
+    # When the settings did not parse, LOG_FORMAT may be the one at fault: then the line is text.
+    try:
+        return parse_settings(["LOG_FORMAT"]).log_format
+    except ConfigError:
+        return "text"
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import gevent
 from gevent import socket as gevent_socket
 from gunicorn.workers.ggevent import GeventWorker
 
+from ..config import parse_settings
 from ..errors import ClientDisconnected, ReplyStopped, ServiceRestarting
 from .drain import DRAIN
 
@@ -140,13 +141,8 @@ class StreamingWorker(GeventWorker):
     drain_seconds = 20.0  # set from DRAIN_SECONDS by load_wsgi
 
     def load_wsgi(self):
-        super().load_wsgi()  # imports wsgi.py, which reads the .env file
-        # Imported here, in the worker: gunicorn's master imports this module to find the worker class,
-        # and the settings import requests. urllib3 imported before gevent's patching keeps the
-        # unpatched ssl.SSLContext, whose TLS reads would block every stream of the worker.
-        from ..config import load_settings
-
-        settings = load_settings()
+        super().load_wsgi()  # imports wsgi.py, which checks every setting as it builds the app
+        settings = parse_settings(("CLIENT_TIMEOUT", "CLIENT_HEADER_TIMEOUT", "DRAIN_SECONDS"))
         ClientSocket.send_timeout = settings.client_timeout
         type(self).header_timeout = settings.client_header_timeout
         type(self).drain_seconds = settings.drain_seconds

@@ -1,7 +1,8 @@
 """The upstream chat APIs, and the registry that turns settings into an ordered chain of them.
 
-Adding a provider is one module declaring an ``HTTPProvider`` subclass and one
-line in ``PROVIDERS``: its settings, hints and README rows follow from the class.
+Adding a provider is one module declaring an ``HTTPProvider`` subclass, its
+``ProviderFacts`` and its three settings (``streamchat.config``), and one line
+in ``PROVIDERS``: the hints and the configuration docs follow.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ def build_chain(settings: Any) -> list[Provider]:
     chain: list[Provider] = []
     for name in settings.llm_providers:
         cls = PROVIDER_CLASSES[name]
-        base_url = getattr(settings, cls.base_url_env_var.lower())
+        facts = cls.facts
+        base_url = getattr(settings, facts.base_url_env_var.lower())
         chain.append(cls(
-            model=getattr(settings, cls.model_env_var.lower()) or cls.default_model,
+            model=getattr(settings, facts.model_env_var.lower()) or facts.default_model,
             base_url=base_url,
-            api_key=getattr(settings, cls.key_env_var.lower()),
+            api_key=getattr(settings, facts.key_env_var.lower()),
             # One pooled session per provider: connections are reused across requests.
             session=new_session(settings.llm_pool_size, base_url),
             timeouts=timeouts,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...transport.failures import in_stream_error
+from ..provider_facts import ANTHROPIC
 from ..sse import ServerSentEvent
 from ..usage import Usage, token_count
 from ..validation import SAME_ROLE_SEPARATOR
@@ -37,14 +38,7 @@ def _alternating(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 class AnthropicMessages(HTTPProvider):
     """``POST {base}/v1/messages`` with ``"stream": true``; text in ``text_delta`` content blocks."""
 
-    name = "anthropic"
-    title = "the Anthropic Messages API"
-    key_env_var = "ANTHROPIC_API_KEY"
-    base_url_env_var = "ANTHROPIC_BASE_URL"
-    model_env_var = "ANTHROPIC_MODEL"
-    default_model = "claude-haiku-4-5"
-    default_base_url = "https://api.anthropic.com"
-    base_url_doc = "Base URL, without `/v1`."
+    facts = ANTHROPIC
 
     def build_request(self, messages, options):
         body: dict[str, Any] = {"model": self.model, "stream": True, "max_tokens": self.max_tokens_for(options),

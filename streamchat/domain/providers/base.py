@@ -9,11 +9,10 @@ tokens the upstream reports. While the upstream is silent after the first
 text, the generator yields ``""`` every ``HEARTBEAT_EVERY`` seconds, so a wire
 format that can say "still here" (an SSE comment) does; text/plain skips it.
 
-``HTTPProvider`` implements it for an upstream chat API. A subclass declares
-its facts (``name``, ``title``, the environment variables it reads, its
-default model and base URL, whether it may run without a key): the settings,
-the "no provider configured" hint and the README's configuration table are
-generated from them. It implements three small methods: ``build_request``
+``HTTPProvider`` implements it for an upstream chat API. A subclass points at
+its ``ProviderFacts`` (``provider_facts``: its name, the environment variables it
+reads, its default model and base URL, whether it may run without a key),
+from which the settings and the configuration docs are generated. It implements three small methods: ``build_request``
 (URL, headers, JSON body), ``parse_event`` (one SSE event to text, noting any
 usage) and ``parse_json_body`` (for a proxy that ignored ``"stream": true``). How the
 request is sent and the body read is ``streamchat.transport``'s business.
@@ -33,6 +32,7 @@ from ...errors import BadStream, ProviderError, UpstreamTimeout
 from ...transport.body import ChunkedBody, raw_reader
 from ...transport.failures import error_for_status, is_read_timeout, translate_errors
 from ...transport.session import send_json
+from ..provider_facts import ProviderFacts
 from ..sse import ServerSentEvent, SSEDecoder
 from ..usage import Usage
 
@@ -85,17 +85,13 @@ class Provider:
 class HTTPProvider(Provider):
     """One upstream chat API spoken over HTTP with a Server-Sent Events body."""
 
-    #: How the README and error messages name the API, e.g. "an OpenAI-compatible API".
-    title: ClassVar[str]
-    key_env_var: ClassVar[str]
-    base_url_env_var: ClassVar[str]
-    model_env_var: ClassVar[str]
-    default_model: ClassVar[str]
-    default_base_url: ClassVar[str]
-    #: What the base URL must look like, for the README.
-    base_url_doc: ClassVar[str] = ""
-    #: Whether setting the base URL alone (no key) configures it: a local server such as Ollama.
-    keyless: ClassVar[bool] = False
+    #: The API's name and settings (``provider_facts``): the settings table is generated from them.
+    facts: ClassVar[ProviderFacts]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "facts" in cls.__dict__:
+            cls.name = cls.facts.name  # the relay, the breaker and the logs know a provider by this name
 
     def __init__(self, *, model: str, base_url: str, api_key: str, session: requests.Session,
                  timeouts: Timeouts, max_tokens: int, temperature: float | None, system_prompt: str):

@@ -7,6 +7,7 @@ from typing import Any
 
 from ...errors import ProviderRejected
 from ...transport.failures import in_stream_error
+from ..provider_facts import OPENAI
 from ..sse import ServerSentEvent
 from ..usage import Usage, token_count
 from .base import EndOfStream, HTTPProvider, load_json_event
@@ -26,16 +27,7 @@ def _text_of(content: Any) -> str:
 class OpenAIChat(HTTPProvider):
     """``POST {base}/chat/completions`` with ``"stream": true``; text in ``choices[0].delta.content``."""
 
-    name = "openai"
-    title = "an OpenAI-compatible API"
-    key_env_var = "OPENAI_API_KEY"
-    base_url_env_var = "OPENAI_BASE_URL"
-    model_env_var = "OPENAI_MODEL"
-    default_model = "gpt-4o-mini"
-    default_base_url = "https://api.openai.com/v1"
-    base_url_doc = ("Base URL including `/v1`. Setting it without a key enables keyless local servers "
-                    "(Ollama `http://127.0.0.1:11434/v1`, llama.cpp, vLLM).")
-    keyless = True
+    facts = OPENAI
     #: Ask for the usage chunk; set to False for a server that refused the field (some compatibles do).
     include_usage = True
 
