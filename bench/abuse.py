@@ -30,7 +30,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.benchmark import HOST, Service, free_port, get_json, message, ms, percentile, ratio, settled, wait_tcp
+from bench.common import HOST, ROOT, Service, get_json, message, ms, percentile, ratio, settled
+from streamchat.testing.processes import RedisServer
 from bench.loadgen import build_request, concurrent_streams, looping_clients
 
 SHORT_REPLY = {"tokens": 5, "interval_ms": 20, "first_token_ms": 50}
@@ -106,8 +107,6 @@ class Abuse:
         self.upstream = f"http://{HOST}:{bench.fake_port}/v1"
 
     def roots(self) -> list[tuple[str, Path | None]]:
-        from bench.benchmark import ROOT
-
         return [("", ROOT)] + ([("before_", self.before)] if self.before else [])
 
     def sequential(self, service, count: int, tag: str) -> list:
@@ -395,31 +394,8 @@ def trickle_heads(port: int, count: int, ready, stop, report) -> None:
     report.put(dict(stats))
 
 
-class RedisServer:
-    """A throwaway redis-server on a free loopback port, no persistence."""
-
-    def __init__(self, logs: Path):
-        self.port = free_port()
-        self.url = f"redis://{HOST}:{self.port}"
-        self.process = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "",
-                                         "--appendonly", "no", "--dir", str(logs)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_tcp(self.port)
-
-    def flush(self) -> None:
-        with socket.create_connection((HOST, self.port)) as sock:
-            sock.sendall(b"FLUSHALL\r\n")
-            sock.recv(100)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-
 def worktree(rev: str) -> Path:
     """Check out ``rev`` beside the repository (once) for ``--before``; return its root."""
-    from bench.benchmark import ROOT
-
     path = Path("/tmp") / f"streamchat-before-{rev}"
     if not path.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev], check=True,

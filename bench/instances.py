@@ -16,8 +16,8 @@ import random
 import shutil
 import time
 
-from bench.abuse import RedisServer
-from bench.benchmark import HOST, Service, get_json, message, ms, percentile
+from bench.common import HOST, Service, get_json, message, ms, percentile
+from streamchat.testing.processes import RedisServer
 from bench.loadgen import StreamResult, build_request, concurrent_streams, one_stream
 
 COUNT = 200

@@ -32,6 +32,7 @@
   let controller = null; // the AbortController of the reply in progress
   let streamId = ""; // X-Stream-Id of the reply in progress: Stop ends it on the server too
   let followStream = true; // false once the user scrolls up during a reply
+  let leaving = false; // the page is being unloaded: what was saved then is what a reload continues from
 
   // -- storage ---------------------------------------------------------------------------
 
@@ -45,6 +46,7 @@
   }
 
   function saveThread() {
+    if (leaving) return; // a fetch aborted by the unload must not overwrite the reply's saved progress
     try {
       localStorage.setItem(STORAGE_KEY, JSON.stringify(thread));
     } catch (_) {
@@ -234,6 +236,7 @@
       reply = { role: "assistant", content: "", meta };
       thread.push(reply);
       view = addView(reply);
+      saveThread(); // from its first byte on, a reload re-attaches to this reply
       await follow(reply, view, response, sentThread);
     } catch (error) {
       const stopped = error && error.name === "AbortError";
@@ -354,7 +357,7 @@
       }
       if (Date.now() - savedAt > 500) {
         savedAt = Date.now();
-        saveThread(); // a reload continues from here
+        saveThread(); // a crash continues from here; a reload or a closed tab saves on pagehide too
       }
     }
     reply.content += decoder.decode();
@@ -463,6 +466,17 @@
 
   root.querySelectorAll(".suggestion").forEach((button) => {
     button.addEventListener("click", () => { if (!controller) send(button.dataset.text || button.textContent); });
+  });
+
+  // Leaving or hiding the page saves the reply in progress as far as it got: a reload at any moment
+  // continues it from there (the periodic save above is for a browser that dies without pagehide).
+  window.addEventListener("pagehide", () => {
+    saveThread();
+    leaving = true;
+  });
+  window.addEventListener("pageshow", () => { leaving = false; }); // back from the back-forward cache
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "hidden") saveThread();
   });
 
   renderThread();

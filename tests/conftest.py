@@ -1,4 +1,10 @@
-"""Shared fixtures: a clean environment, the fake upstream, gunicorn servers and Flask's test client."""
+"""Shared fixtures: a clean environment, the fake upstream, gunicorn servers and Flask's test client.
+
+Two tiers. A test that starts a real process (gunicorn, redis-server, nginx, Chromium) is marked
+``processes``, on its own or through a fixture listed in ``PROCESS_FIXTURES``; ``./run-tests --fast``
+runs the others, in-process, and the harness refuses to start a real process there
+(``NotInFastTier``), so a test that needs one and is not marked fails instead of slowing the tier.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,40 @@ import shutil
 
 import pytest
 
-from servers import REAL_SETTINGS, REPO, Gunicorn
+from servers import REAL_SETTINGS, REPO, Gunicorn, RedisServer
 from streamchat.testing.fake_upstream import FakeUpstream
+from streamchat.testing.processes import MissingComponent
+
+#: Fixtures that start a real process: a test that uses one is in the full tier only.
+PROCESS_FIXTURES = {"live", "live_anthropic", "redis_server", "browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.processes)
+
+
+def _missing(exc: MissingComponent):
+    if os.environ.get("CI"):
+        pytest.fail(str(exc))  # in CI a missing component is a failure, never a silent skip
+    pytest.skip(str(exc))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    try:
+        return (yield)
+    except MissingComponent as exc:
+        _missing(exc)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    except MissingComponent as exc:
+        _missing(exc)
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -71,59 +109,6 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
-
-
-class RedisServer:
-    """A real redis-server on a free loopback port, with no persistence."""
-
-    def __init__(self, tmp_path):
-        import shutil
-
-        from servers import free_port
-
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("CI"):
-                pytest.fail("redis-server is missing: ./run-tests installs it with apt-get")
-            pytest.skip("redis-server is not installed (./run-tests installs it)")
-        self.binary, self.dir = binary, tmp_path
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}"
-        self.start()
-
-    def start(self):
-        """Start (or start again, after ``stop``) on the same port, empty."""
-        import subprocess
-
-        import redis
-
-        from servers import eventually
-
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = self.client()
-
-        def answers():
-            try:
-                return client.ping()
-            except redis.exceptions.ConnectionError:
-                return False
-
-        if not eventually(answers, 10):
-            self.stop()
-            raise RuntimeError("redis-server did not start")
-        client.close()
-
-    def client(self):
-        import redis
-
-        return redis.Redis(port=self.port, socket_connect_timeout=0.2)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 @pytest.fixture

@@ -1,99 +1,19 @@
-"""Real processes for the tests: gunicorn with gevent workers, and a raw HTTP client."""
+"""The tests' clients: a raw HTTP client, chunked framing, open streams, a relay whose connections can be cut."""
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-from streamchat.config import SETTINGS
+from streamchat.testing.processes import (REAL_SETTINGS, REPO, Gunicorn, Nginx, RedisServer, clean_env, eventually,
+                                          free_port)
 
-REPO = Path(__file__).resolve().parent.parent
-
-# Variables a developer's shell may hold that must never reach a test server: every setting.
-REAL_SETTINGS = tuple(setting.env for setting in SETTINGS) + ("PROMETHEUS_MULTIPROC_DIR",)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in REAL_SETTINGS}
-    env.update(ENV_FILE="", HOST="127.0.0.1", PYTHONUNBUFFERED="1", CHAT_RATE_LIMIT="100000/minute",
-               RULES_PATH=str(REPO / "rules.yaml"))
-    env.update({k: str(v) for k, v in overrides.items()})
-    return env
-
-
-class Gunicorn:
-    """``wsgi:app`` under gunicorn with gevent workers on a loopback port, as the Procfile runs it."""
-
-    def __init__(self, log_dir: Path, workers: int = 1, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"gunicorn-{self.port}.log"
-        self.env = clean_env(PORT=str(self.port), WEB_CONCURRENCY=str(workers), **env)
-        self.workers = workers
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "Gunicorn":
-        self._log_file = log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamchat.server.serve"],  # what the Procfile runs
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                status, _, _ = request(self.url, "GET", "/healthz", timeout=1)
-                if status == 200 and self.log().count("providers:") >= self.workers:  # each worker, text or JSON logs
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"gunicorn did not become ready:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if getattr(self, "_log_file", None):
-            self._log_file.close()
-
-    def kill(self) -> None:
-        """Kill the master and its workers at once, as a crash or a lost machine would."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.stop()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def access_lines(self) -> list[str]:
-        return [line for line in self.log().splitlines() if "streamchat.access" in line]
-
-    def __enter__(self) -> "Gunicorn":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+# The processes are the harness's (shared with bench/); what follows are the tests' own clients.
+__all__ = ["REAL_SETTINGS", "REPO", "Gunicorn", "Nginx", "RedisServer", "clean_env", "eventually", "free_port",
+           "request", "chat_body", "raw_exchange", "parse_chunked", "OpenStream", "TcpRelay"]
 
 
 def request(base: str, method: str, path: str, body=None, headers=None, timeout: float = 15):
@@ -178,89 +98,6 @@ class OpenStream:
         """Leave mid-reply, as a reader who closes the tab."""
         self.sock.shutdown(socket.SHUT_RDWR)
         self.done.wait(10)
-
-
-def eventually(predicate, timeout: float = 10.0):
-    """Poll ``predicate`` until it returns something truthy (bounded), and return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
-
-
-class Nginx:
-    """A real nginx on a loopback port, balancing round-robin over ``backends`` as the README's deploy notes say."""
-
-    def __init__(self, log_dir: Path, backends: list["Gunicorn"]):
-        import shutil
-
-        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.dir = log_dir / f"nginx-{self.port}"
-        self.dir.mkdir()
-        servers = "".join(f"        server 127.0.0.1:{b.port};\n" for b in backends)
-        (self.dir / "nginx.conf").write_text(f"""
-daemon off;
-worker_processes 1;
-pid {self.dir}/nginx.pid;
-error_log {self.dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {self.dir}/access.log;
-    client_body_temp_path {self.dir}/body;
-    proxy_temp_path {self.dir}/proxy;
-    fastcgi_temp_path {self.dir}/fastcgi;
-    uwsgi_temp_path {self.dir}/uwsgi;
-    scgi_temp_path {self.dir}/scgi;
-    upstream streamchat {{
-{servers}    }}
-    server {{
-        listen 127.0.0.1:{self.port};
-        location / {{
-            proxy_pass http://streamchat;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_buffering off;
-            gzip off;
-            proxy_read_timeout 120s;
-        }}
-    }}
-}}
-""")
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "Nginx":
-        import os as _os
-
-        if not _os.path.exists(self.binary):
-            import pytest
-
-            if _os.environ.get("CI"):
-                pytest.fail("nginx is missing: ./run-tests installs it with apt-get")
-            pytest.skip("nginx is not installed (./run-tests installs it)")
-        self.process = subprocess.Popen([self.binary, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if request(self.url, "GET", "/healthz", timeout=1)[0] == 200:
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.__exit__()
-        raise RuntimeError("nginx did not start: " + (self.dir / "error.log").read_text())
-
-    def __exit__(self, *exc) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-    def upstreams_used(self) -> str:
-        return (self.dir / "access.log").read_text()
 
 
 class TcpRelay:

@@ -9,6 +9,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.processes  # runs bench/run, which starts the service, the fake upstream and more
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -224,6 +224,23 @@ def test_a_reload_mid_reply_continues_the_same_reply_in_the_same_bubble(resumabl
     assert [r.id for r in fake.records].count("b-reload") == 1  # the upstream was asked once
 
 
+@pytest.mark.parametrize("words", [0, 2, 6, 12, 30])
+def test_a_reload_at_any_moment_of_a_reply_continues_it_in_its_bubble(resumable, fake, open_page, words):
+    # From right after the first byte (before any periodic save) to well into the reply: 40 ms a word.
+    text = " ".join(f"wörd{n}" for n in range(50))
+    page = open_page(resumable)
+    tag = f"b-reload-{words}"
+    say(page, "hi", text=text, interval_ms=40, first_token_ms=0, id=tag)
+    last_reply(page).locator(".content", has_text=f"wörd{words}").wait_for()  # word 0 is the first byte
+    page.reload()
+    reply = last_reply(page)
+    reply.locator(".content", has_text="wörd49").wait_for(timeout=15000)
+    assert eventually(lambda: page.evaluate("!document.querySelector('.streaming')"))
+    assert reply.locator(".content").inner_text() == text
+    assert page.locator(".message.assistant").count() == 1 and page.locator(".message.user").count() == 1
+    assert [r.id for r in fake.records].count(tag) == 1  # the upstream was asked once
+
+
 def test_two_seconds_without_a_network_mid_reply_and_the_reply_completes(resumable, fake, open_page):
     from servers import TcpRelay
 

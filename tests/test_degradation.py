@@ -60,6 +60,7 @@ def test_failures_before_the_first_byte_fall_back(live, fault, reason):
     assert elapsed < CONNECT + FIRST_TOKEN + 1.0  # bounded by the configured deadlines
 
 
+@pytest.mark.processes
 def test_no_provider_configured(log_dir):
     with Gunicorn(log_dir) as server:
         raw = raw_exchange(server.url, chat_body("hello"))
@@ -70,6 +71,7 @@ def test_no_provider_configured(log_dir):
         assert "reason=no_provider" in eventually(lambda: "\n".join(server.access_lines()))
 
 
+@pytest.mark.processes
 def test_connection_refused(log_dir):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -78,6 +80,7 @@ def test_connection_refused(log_dir):
             assert_fallback(*request(server.url, "POST", "/api/chat", chat_body("hi")), "upstream_error")
 
 
+@pytest.mark.processes
 def test_connect_timeout(log_dir):
     # A listener that never accepts, with its one-slot backlog already full: new SYNs go unanswered.
     listener = socket.socket()
@@ -185,6 +188,7 @@ def test_failures_after_the_first_byte_end_with_a_notice(live, fault, why):
     assert time.monotonic() - started < FIRST_TOKEN + IDLE + 1.0
 
 
+@pytest.mark.processes
 def test_maximum_duration_cuts_a_reply_short(log_dir, fake):
     with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", LLM_MAX_DURATION="1") as server:
         raw = raw_exchange(server.url, chat_body("hi", tokens=1000, interval_ms=20, first_token_ms=0))
@@ -206,6 +210,7 @@ def requests_for(fake, tag):
     return [r.protocol for r in fake.records if r.id == tag]
 
 
+@pytest.mark.processes
 def test_next_provider_answers_when_the_first_fails(chain, fake):
     status, headers, body = request(chain.url, "POST", "/api/chat",
                                     chat_body("hi", text="from claude", id="chain1", openai={"status": 500}))
@@ -214,6 +219,7 @@ def test_next_provider_answers_when_the_first_fails(chain, fake):
     assert requests_for(fake, "chain1") == ["openai", "anthropic"]
 
 
+@pytest.mark.processes
 def test_circuit_breaker_skips_a_rate_limited_provider(chain, fake):
     request(chain.url, "POST", "/api/chat", chat_body("hi", id="cb1", openai={"status": 429, "retry_after": 60}))
     status, headers, body = request(chain.url, "POST", "/api/chat", chat_body("hi", text="still here", id="cb2"))
@@ -250,6 +256,7 @@ def rewrite(path, text):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
 
 
+@pytest.mark.processes
 def test_rules_hot_reload_in_every_worker(log_dir, tmp_path):
     rules = tmp_path / "rules.yaml"
     shutil.copy(REPO / "rules.yaml", rules)

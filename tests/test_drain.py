@@ -11,6 +11,8 @@ import pytest
 from servers import Gunicorn, OpenStream, chat_body, eventually, parse_chunked, request
 from streamchat.web.framing.text import RESTARTING_NOTICE
 
+pytestmark = pytest.mark.processes  # every test here starts gunicorn, redis-server, nginx or Chromium
+
 DRAIN_SECONDS = 3
 KEY = "drain-service-key-0123456789"
 SHORT = {"tokens": 20, "interval_ms": 50, "first_token_ms": 20}  # about 1 s: ends within the drain time

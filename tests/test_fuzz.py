@@ -3,8 +3,12 @@
 import collections
 import re
 
+import pytest
+
 from servers import Gunicorn, chat_body, request
 from streamchat.testing.fuzz import fuzz
+
+pytestmark = pytest.mark.processes  # every test here starts gunicorn, redis-server, nginx or Chromium
 
 EXAMPLES = 150  # of each kind; bench/fuzz runs 10,000
 

@@ -87,6 +87,7 @@ def test_the_env_file_is_read_once_the_launcher_hands_its_values_on(tmp_path, mo
     assert config.parse_settings(["CHAT_TITLE"]).chat_title == "Assistant"
 
 
+@pytest.mark.processes
 def test_server_settings_come_from_the_env_file_and_counting_in_memory_with_workers_is_warned(tmp_path):
     port = free_port()
     env_file = tmp_path / ".env"

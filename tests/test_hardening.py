@@ -70,6 +70,7 @@ def keyed(fake, log_dir):
         yield server
 
 
+@pytest.mark.processes
 def test_an_upstream_that_echoes_the_key_does_not_put_it_in_the_log(keyed):
     echo = f"Incorrect API key provided: Bearer {KEY}. You can find your API key at ..."
     status, headers, _ = request(keyed.url, "POST", "/api/chat", chat_body("hi", status=401, error_message=echo))
@@ -78,6 +79,7 @@ def test_an_upstream_that_echoes_the_key_does_not_put_it_in_the_log(keyed):
     assert KEY not in keyed.log() and KEY[8:] not in keyed.log()
 
 
+@pytest.mark.processes
 def test_a_percent_encoded_newline_in_the_path_cannot_forge_a_log_line(keyed):
     forged = "2026-12-01 10:00:00,000 INFO streamchat.access request_id=FORGED status=200"
     path = "/x%0a" + forged.replace(" ", "%20")
@@ -91,6 +93,7 @@ def test_a_percent_encoded_newline_in_the_path_cannot_forge_a_log_line(keyed):
 
 # -- a malformed chunked request body is the client's fault -----------------------------------------
 
+@pytest.mark.processes
 @pytest.mark.parametrize("framing", [b"zz\r\n{}\r\n0\r\n\r\n", b"-1\r\n{}\r\n0\r\n\r\n", b"0x3a\r\n{}\r\n0\r\n\r\n",
                                      b"2\r\n{}0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n"])
 def test_a_malformed_chunked_body_is_a_400_json_error(keyed, framing):
@@ -170,6 +173,7 @@ def few_slots(log_dir):
         yield server
 
 
+@pytest.mark.processes
 def test_clients_trickling_their_heads_are_let_go_and_others_are_served(few_slots):
     import threading
     import time

@@ -26,7 +26,7 @@ ALLOWED = {
     "server": {"errors", "config", "logformat"},
     "shared": {"errors", "redaction", "domain"},
     "web": {"errors", "redaction", "logformat", "config", "domain", "server", "shared"},
-    "testing": {"errors", "domain"},
+    "testing": {"errors", "domain", "config"},
     "commands": {"config", "domain"},
 }
 #: Inside ``web``: what each room may import from the others (besides itself and the parts above).
@@ -194,3 +194,23 @@ def test_no_module_but_the_settings_reads_a_setting_or_the_env_file_itself():
                 for name in names)):
             offenders.append(str(path.relative_to(REPO)))
     assert offenders == []
+
+
+def test_bench_has_no_import_cycle_and_starts_the_service_with_the_tests_harness():
+    bench = REPO / "bench"
+    graph = {}
+    for path in bench.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):  # function-level imports count too
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bench"):
+                names.update([node.module] if node.module != "bench" else [f"bench.{a.name}" for a in node.names])
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names if a.name.startswith("bench."))
+        graph[f"bench.{path.stem}"] = names - {f"bench.{path.stem}"}
+
+    def reaches(start, target, seen=()):
+        return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph.get(start, ()))
+
+    assert [module for module in graph if reaches(module, module)] == []
+    common = (bench / "common.py").read_text()
+    assert "from streamchat.testing.processes import" in common and "subprocess.Popen([sys.executable, \"-m\", \"gunicorn\"" not in common

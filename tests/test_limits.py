@@ -11,6 +11,8 @@ from limits.storage import storage_from_string
 from servers import Gunicorn, chat_body, eventually, request
 from streamchat.web.guards import failsoft
 
+pytestmark = pytest.mark.processes  # every test here starts gunicorn, redis-server, nginx or Chromium
+
 
 def chat(server, headers=None, **fake):
     status, response_headers, body = request(server.url, "POST", "/api/chat", chat_body("hi", **fake), headers)

@@ -104,6 +104,7 @@ def worker_holding(stream: OpenStream, pids: list[int]) -> int | None:
     return None
 
 
+@pytest.mark.processes
 def test_metrics_add_up_every_workers_replies_and_survive_a_worker_being_replaced(metered):
     server, metrics_dir = metered
     before = scrape(server)
@@ -189,6 +190,7 @@ def test_metrics_add_up_every_workers_replies_and_survive_a_worker_being_replace
         total(after, "streamchat_replies_total", ended="client_gone") + len(held[survivor]))
 
 
+@pytest.mark.processes
 def test_every_log_line_is_one_json_object_with_the_access_fields(metered):
     server, _ = metered
     status, _, _ = request(server.url, "GET", "/x%0a2026-12-01%20INFO%20streamchat.access%20request_id=FORGED")

@@ -45,6 +45,7 @@ def ask(prompt: str, **fake) -> list[dict]:
     return chat_body(prompt, **fake)["messages"]
 
 
+@pytest.mark.processes
 def test_streaming_live_reply_is_shaped_as_openai_shapes_it(api, fake):
     with sdk(api).chat.completions.with_streaming_response.create(
             model="fake-gpt", messages=ask("stream me", id="v1-stream"), stream=True,
@@ -64,6 +65,7 @@ def test_streaming_live_reply_is_shaped_as_openai_shapes_it(api, fake):
     assert record.body["stream_options"] == {"include_usage": True}
 
 
+@pytest.mark.processes
 def test_whole_reply_with_usage_and_the_request_options_passed_on(api, fake):
     completion = sdk(api).chat.completions.create(
         model="anything-else", messages=[{"role": "developer", "content": "Answer in French."},
@@ -80,6 +82,7 @@ def test_whole_reply_with_usage_and_the_request_options_passed_on(api, fake):
     assert "tokens_estimated=false" in line and "service_key=key-" in line and KEY not in api.log()
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("directive, reason", [
     ({"status": 429}, "rate_limited"),
     ({"first_token_ms": 3000}, "timeout"),
@@ -94,6 +97,7 @@ def test_fallback_replies_are_complete_completions_labelled_fallback(api, direct
                                                     "usage_estimated": False}
 
 
+@pytest.mark.processes
 def test_no_provider_and_the_rules_model_answer_from_the_rules(keyless, api):
     completion = sdk(keyless).chat.completions.create(model="gpt-4o", messages=ask("hello"))
     assert completion.model == "rules" and completion.model_extra["x_terminal"]["reason"] == "no_provider"
@@ -104,6 +108,7 @@ def test_no_provider_and_the_rules_model_answer_from_the_rules(keyless, api):
     assert [m.id for m in sdk(api).models.list()] == ["fake-gpt", "rules"]
 
 
+@pytest.mark.processes
 def test_a_stream_that_breaks_ends_normally_with_the_notice_and_every_byte_so_far(api):
     stream = sdk(api).chat.completions.create(model="fake-gpt", stream=True,
                                              messages=ask("break", fault="drop_after", after=4))
@@ -115,6 +120,7 @@ def test_a_stream_that_breaks_ends_normally_with_the_notice_and_every_byte_so_fa
     assert events[-1].model_extra["x_terminal"]["ended"] == "cut_short"
 
 
+@pytest.mark.processes
 def test_closing_the_sdks_stream_closes_the_upstream(api, fake):
     stream = sdk(api).chat.completions.create(model="fake-gpt", stream=True,
                                              messages=ask("long", id="v1-close", tokens=2000, interval_ms=20))
@@ -125,6 +131,7 @@ def test_closing_the_sdks_stream_closes_the_upstream(api, fake):
     assert fake.find("v1-close").finished is None
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("call, error", [
     (lambda c: c.chat.completions.create(model="m", messages=ask("x"), tools=[
         {"type": "function", "function": {"name": "f", "parameters": {}}}]), openai.BadRequestError),
@@ -147,6 +154,7 @@ def test_what_cannot_be_honoured_is_a_clear_error_of_the_sdks_class(api, call, e
     assert set(body) == {"message", "type", "param", "code"} and body["message"]
 
 
+@pytest.mark.processes
 def test_keys_sizes_methods_and_limits_give_the_statuses_the_sdk_maps(api, keyless):
     with pytest.raises(openai.AuthenticationError) as raised:
         sdk(api, key="not-a-key-of-this-service").models.list()
@@ -192,6 +200,7 @@ def test_a_silent_upstream_becomes_sse_comments_not_a_timed_out_proxy(fake, monk
     assert b"\n\n: keep-alive\n\n" in framed and framed.endswith(b"data: [DONE]\n\n")
 
 
+@pytest.mark.processes
 def test_a_server_that_refuses_stream_options_is_asked_again_without_it(api, fake):
     # Last in this module: the worker that was refused stops asking for usage, as it would in production.
     completion = sdk(api).chat.completions.create(model="fake-gpt", messages=ask("refuse", id="v1-refuse",

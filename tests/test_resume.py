@@ -37,6 +37,7 @@ def partial(server, body: dict, at_least: int) -> tuple[dict, bytes]:
         conn.close()
 
 
+@pytest.mark.processes
 def test_every_reply_can_be_read_again_whole_or_from_a_byte(resumable):
     status, headers, body = request(resumable.url, "POST", "/api/chat", chat_body("hi", text="héllo wörld ✓ done"))
     stream_id = headers["X-Stream-Id"]
@@ -55,6 +56,7 @@ def test_every_reply_can_be_read_again_whole_or_from_a_byte(resumable):
     assert again[2] == fallback[2] and again[1]["X-Terminal-Reason"] == "upstream_error"
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("path, status, code", [
     ("/api/chat/streams/{id}?offset=1", 400, "invalid_offset"),  # inside the two bytes of "é"
     ("/api/chat/streams/{id}?offset=99999", 400, "invalid_offset"),
@@ -72,6 +74,7 @@ def test_bad_offsets_and_unknown_ids_are_clear_json_errors(resumable, path, stat
     assert (got, json.loads(body)["error"]["code"]) == (404, "unknown_stream")
 
 
+@pytest.mark.processes
 def test_a_client_that_hangs_up_mid_reply_gets_the_rest_and_the_upstream_served_it_once(resumable, fake):
     whole = request(resumable.url, "POST", "/api/chat", chat_body("hi", id="resume-whole", **SLOW))[2]
     headers, received = partial(resumable, chat_body("hi", id="resume-cut", **SLOW), at_least=40)
@@ -82,6 +85,7 @@ def test_a_client_that_hangs_up_mid_reply_gets_the_rest_and_the_upstream_served_
     assert fake.find("resume-cut").peer_closed is None  # served to its end, not cut
 
 
+@pytest.mark.processes
 def test_with_nobody_back_within_the_grace_the_upstream_is_closed(resumable, fake):
     headers, _ = partial(resumable, chat_body("hi", id="resume-abandoned", tokens=400, interval_ms=30), at_least=10)
     assert fake.wait_for(lambda: (r := fake.find("resume-abandoned")) and r.peer_closed and r, timeout=15)
@@ -89,6 +93,7 @@ def test_with_nobody_back_within_the_grace_the_upstream_is_closed(resumable, fak
     assert status["state"] == "cut_short" and status["bytes"] > 10
 
 
+@pytest.mark.processes
 def test_stop_ends_the_reply_cleanly_and_closes_the_upstream(resumable, fake):
     host, port = resumable.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=15)
@@ -109,6 +114,7 @@ def test_stop_ends_the_reply_cleanly_and_closes_the_upstream(resumable, fake):
     assert (status, json.loads(body)) == (202, {"state": "stopped", "stopping": False})
 
 
+@pytest.mark.processes
 def test_a_reader_follows_a_reply_still_streaming_to_its_end(resumable):
     headers, received = partial(resumable, chat_body("hi", id="resume-follow", **SLOW), at_least=1)
     stream_id = headers["X-Stream-Id"]

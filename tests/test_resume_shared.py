@@ -9,7 +9,9 @@ from servers import Gunicorn, chat_body, eventually, request
 from test_resume import SLOW, partial
 from streamchat.web.framing.text import CUT_SHORT_NOTICE
 
-pytestmark = pytest.mark.redis
+# Every test here starts gunicorn, redis-server, nginx or Chromium.
+pytestmark = [pytest.mark.processes, pytest.mark.redis]
+
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ import pytest
 
 from servers import Gunicorn, chat_body, eventually, free_port, request
 
-pytestmark = pytest.mark.redis
+# Every test here starts gunicorn, redis-server, nginx or Chromium.
+pytestmark = [pytest.mark.processes, pytest.mark.redis]
+
 
 
 def chat(server, **fake):

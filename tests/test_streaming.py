@@ -10,6 +10,8 @@ import pytest
 from streamchat.testing.fake_upstream import tokens_of
 from servers import Gunicorn, chat_body, eventually, parse_chunked, raw_exchange, request
 
+pytestmark = pytest.mark.processes  # every test here starts gunicorn, redis-server, nginx or Chromium
+
 STREAMS = Path(__file__).parent / "streams"
 
 

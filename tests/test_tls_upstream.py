@@ -50,6 +50,7 @@ def chat(server, **fake):
     return request(server.url, "POST", "/api/chat", chat_body("hi", **fake))
 
 
+@pytest.mark.processes
 def test_replies_stream_whole_over_tls_on_one_kept_connection(tls_live, tls_fake):
     assert chat(tls_live, text="warm up")[2] == b"warm up"
     connections = tls_fake.connections
@@ -61,6 +62,7 @@ def test_replies_stream_whole_over_tls_on_one_kept_connection(tls_live, tls_fake
     assert tls_fake.connections == connections
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("framing", ["chunked", "chunked-close", "close", "gzip"])
 def test_a_burst_arrives_byte_for_byte_whatever_the_framing(tls_live, framing):
     # Everything in one write: many TLS records at once, most of them decrypted without a wait.
@@ -70,6 +72,7 @@ def test_a_burst_arrives_byte_for_byte_whatever_the_framing(tls_live, framing):
     assert body.decode() == "".join(tokens_of(params))
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("fault", ["drop_after", "error_after", "bad_json"])
 def test_a_reply_broken_over_tls_ends_with_a_notice(tls_live, fault):
     raw = raw_exchange(tls_live.url, chat_body("hi", text="one two three four five six", first_token_ms=0,
@@ -79,6 +82,7 @@ def test_a_reply_broken_over_tls_ends_with_a_notice(tls_live, fault):
     assert b"".join(chunks).decode() == "one two three " + CUT_SHORT_NOTICE
 
 
+@pytest.mark.processes
 def test_a_stall_over_tls_ends_at_the_idle_timeout_and_closes_the_upstream(tls_live, tls_fake):
     text = "one two three four five six"
     raw = raw_exchange(tls_live.url, chat_body("hi", text=text, first_token_ms=0, fault="stall_after", after=3,
@@ -90,6 +94,7 @@ def test_a_stall_over_tls_ends_at_the_idle_timeout_and_closes_the_upstream(tls_l
     assert tls_fake.wait_for(lambda: tls_fake.find("tls-stall").peer_closed)
 
 
+@pytest.mark.processes
 def test_a_client_that_leaves_closes_the_tls_upstream(tls_live, tls_fake):
     host, port = tls_live.url.removeprefix("http://").split(":")
     body = chat_body("hi", tokens=100000, interval_ms=10, first_token_ms=0, id="tls-leave")
@@ -102,6 +107,7 @@ def test_a_client_that_leaves_closes_the_tls_upstream(tls_live, tls_fake):
     assert eventually(lambda: "ended=client_gone" in "\n".join(tls_live.access_lines()))
 
 
+@pytest.mark.processes
 def test_an_untrusted_certificate_is_a_fallback_and_says_why(tls_fake, log_dir):
     with Gunicorn(log_dir, OPENAI_BASE_URL=f"{tls_fake.url}/v1", LLM_COOLDOWN="0") as server:
         status, headers, body = chat(server, text="never seen")
@@ -109,6 +115,7 @@ def test_an_untrusted_certificate_is_a_fallback_and_says_why(tls_fake, log_dir):
         assert eventually(lambda: "CERTIFICATE_VERIFY_FAILED" in server.log())
 
 
+@pytest.mark.processes
 def test_a_ca_bundle_that_cannot_be_loaded_is_said_once_and_the_rules_answer(tls_fake, log_dir):
     with Gunicorn(log_dir, OPENAI_BASE_URL=f"{tls_fake.url}/v1", REQUESTS_CA_BUNDLE="/nonexistent/ca.pem",
                   LLM_COOLDOWN="0") as server:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 
+import pytest
+
 from servers import Gunicorn, OpenStream, chat_body, eventually, request
 from streamchat.shared import redis as shared_redis
 from streamchat.shared.token_budget import TokenBudgets
@@ -62,6 +64,7 @@ def test_fifty_concurrent_requests_through_two_instances_stay_within_the_budget(
     assert spent_upstream(fake, "tb50-") <= 1000 + 100  # within the budget plus one request's max_tokens
 
 
+@pytest.mark.processes
 def test_a_stopped_reply_settles_on_what_it_produced_and_health_shows_the_rest(fake, log_dir):
     with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", OPENAI_MODEL="fake-gpt", RESUME_GRACE="0",
                   LLM_TOKEN_BUDGET_GLOBAL="100000/day", LLM_MAX_TOKENS="500") as server:
@@ -99,6 +102,7 @@ def test_with_redis_gone_budgets_count_in_memory_and_nothing_fails(fake, log_dir
         assert "Traceback" not in server.log()
 
 
+@pytest.mark.processes
 def test_fallback_and_api_answers_carry_the_remaining_budget_too(log_dir):
     key = "budget-service-key-0123456789"
     with Gunicorn(log_dir, LLM_TOKEN_BUDGET_PER_CLIENT="2000/day", SERVICE_API_KEYS=key) as server:

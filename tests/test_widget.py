@@ -11,7 +11,9 @@ import pytest
 
 from servers import Gunicorn, free_port
 
-pytestmark = pytest.mark.browser
+# Every test here starts gunicorn, redis-server, nginx or Chromium.
+pytestmark = [pytest.mark.processes, pytest.mark.browser]
+
 
 HOSTILE_CSS = """* { all: unset !important; }
 html { font-size: 40px !important; }
