@@ -1,7 +1,9 @@
-"""The house's rules: layers import downwards only, the domain needs no web stack, the README's table is the code's."""
+"""The house's rules: layers and rooms import downwards only, the domain needs no web stack, settings are declared once,
+the docs are generated from the code where they can be and every link leads somewhere."""
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,16 +107,18 @@ def test_no_web_room_imports_a_room_that_builds_on_it(path):
     assert not backward, f"{path.relative_to(REPO)} ({room}) imports {sorted(backward)}"
 
 
-def test_every_web_room_is_a_folder_that_says_what_it_holds():
-    for room in WEB_ROOMS:
-        folder = WEB / room
-        if folder.is_dir():
-            doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text()))
-            modules = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
-            missing = [m for m in modules if f"``{m}``" not in doc]
-            assert not missing, f"web/{room}/__init__.py does not name {missing}"
-    assert sorted(p.name for p in WEB.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()) == sorted(
-        ["__init__.py", *(f"{room}.py" if (WEB / f"{room}.py").exists() else room for room in WEB_ROOMS)])
+def test_every_package_docstring_names_every_module_it_holds():
+    for init in [PACKAGE / "__init__.py", *sorted(PACKAGE.rglob("*/__init__.py"))]:
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        parts = sorted(p.stem if p.is_file() else p.name for p in init.parent.iterdir()
+                       if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists())
+        missing = [part for part in parts if f"``{part}``" not in doc]
+        assert not missing, f"{init.relative_to(REPO)} does not name {missing}"
+
+
+def test_the_web_rooms_are_the_ones_the_rules_know():
+    assert sorted(p.stem if p.is_file() else p.name for p in WEB.iterdir()
+                  if p.suffix == ".py" or (p / "__init__.py").exists()) == sorted(["__init__", *WEB_ROOMS])
 
 
 def test_no_module_reaches_into_app_extensions_but_the_service_accessor():
@@ -143,11 +147,43 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {WEB_STACK!
     assert json.loads(result.stdout) == []
 
 
-def test_the_readme_configuration_table_is_the_one_the_code_generates():
-    readme = (REPO / "README.md").read_text()
-    assert settings_table_markdown() in readme, (
-        "README.md's configuration table differs from the settings: paste the output of "
+def test_the_configuration_page_table_is_the_one_the_code_generates():
+    page = (REPO / "docs" / "configuration.md").read_text()
+    assert settings_table_markdown() in page, (
+        "docs/configuration.md's table differs from the settings: paste the output of "
         "`.venv/bin/python -m streamchat.config` into it")
+
+
+DOCS = ["configuration", "deploying", "http-api", "operations", "performance", "architecture"]
+
+
+def _slug(heading: str) -> str:
+    # GitHub's anchors: lower case, punctuation dropped, spaces to hyphens.
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    return {_slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, re.M)} | set(
+        re.findall(r'<a id="([^"]+)"', text))
+
+
+def test_the_readme_is_a_front_door_whose_links_all_lead_somewhere():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    first_screen = "\n".join(readme.splitlines()[:20])
+    assert "./run " in first_screen and "./run-tests " in first_screen
+    for page in DOCS:
+        assert f"(docs/{page}.md)" in readme, f"the README's contents do not link docs/{page}.md"
+    for source in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = source.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (source.parent / path).resolve() if path else source
+            assert linked.exists(), f"{source.name} links {target}: no such file"
+            if anchor and linked.suffix == ".md":
+                assert anchor in _anchors(linked.read_text()), f"{source.name} links {target}: no such heading"
 
 
 def test_every_provider_fact_comes_from_its_declaration():

@@ -1,8 +1,11 @@
 """The domain: who answers a conversation and with what text. No Flask, gevent or gunicorn in here.
 
 ``relay`` (who answers, the reply as a stream of ``str``, the listeners of
-finished replies), ``breaker`` (the circuit breaker), ``providers`` (the
-provider contract and the upstream APIs), ``rules`` (the keyword responder
-and its file checks), ``validation`` (a chat request's body to messages) and
-``sse`` (a pure Server-Sent Events decoder).
+finished replies), ``record`` (the typed ``ReplyRecord``: who asked, who
+answered, what it cost, how it ended), ``breaker`` (the circuit breaker),
+``providers`` (the provider contract and the upstream APIs),
+``provider_facts`` (each API's name, settings and defaults, without its code),
+``rules`` (the keyword responder and its file checks), ``validation`` (a chat
+request's body to messages), ``usage`` (token counts, estimates and
+reservations) and ``sse`` (a pure Server-Sent Events decoder).
 """

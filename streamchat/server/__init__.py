@@ -1,8 +1,12 @@
-"""The server runtime under gunicorn's gevent worker: the worker class, name resolution and the client watch.
+"""The server runtime under gunicorn's gevent worker: the launcher, the worker class, restarts, DNS and the client watch.
 
-``worker`` (a bounded, cheaper write to the client), ``resolver`` (IP addresses
-without a thread, one lookup per name) and ``disconnect`` (a client that left,
-or is slow to send its body). Each does nothing special outside gevent.
+``serve`` (the launcher the Procfile runs: checks every setting, then becomes
+gunicorn), ``worker`` (a bounded, cheaper write to the client, bounded request
+heads), ``drain`` (a graceful restart: replies get ``DRAIN_SECONDS``, then end
+with a notice), ``resolver`` (IP addresses without a thread, one lookup per
+name), ``disconnect`` (a client that left, or is slow to send its body) and
+``gunicorn_log`` (gunicorn's own lines as JSON). Each does nothing special
+outside gevent.
 
 With ``streamchat.transport`` this is the only place that reaches into
 libraries' private attributes. What this package relies on:

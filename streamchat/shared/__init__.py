@@ -4,9 +4,11 @@
 retries at most once a second), ``redis`` (the one client built from
 ``REDIS_URL``, every call bounded by ``REDIS_TIMEOUT``), ``breaker`` (the
 circuit breaker, shared through one expiring key per provider and a pub/sub
-channel, so skipping a provider costs no round trip), ``streams`` (stream
-records in one process's memory) and ``redis_streams`` (in Redis, written in
-batches by one flusher per process).
+channel, so skipping a provider costs no round trip), ``token_budget`` (token
+reservations and their settlement, in Redis or in memory), ``streams`` (the
+one interface of stream records), ``memory_streams`` (records in one
+process's memory) and ``redis_streams`` (in Redis, written in batches by one
+flusher per process).
 
 It imports the domain and nothing of the web layer; the web layer and
 ``app.py`` import it.

@@ -1,5 +1,9 @@
 """The upstream chat APIs, and the registry that turns settings into an ordered chain of them.
 
+``base`` (the provider contract and the HTTP + SSE loop the APIs share),
+``openai`` (OpenAI-compatible chat completions) and ``anthropic`` (Anthropic
+Messages); ``build_chain`` here.
+
 Adding a provider is one module declaring an ``HTTPProvider`` subclass, its
 ``ProviderFacts`` and its three settings (``streamchat.config``), and one line
 in ``PROVIDERS``: the hints and the configuration docs follow.
