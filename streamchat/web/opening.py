@@ -100,10 +100,6 @@ class OpenedReply:
     records: StreamRecords | None  # where it is recorded as it streams; None: not recorded
     grace: float  # seconds it outlives its client, for the client to come back
 
-    @property
-    def record(self) -> ReplyRecord:
-        return self.reply.record
-
     def stream(self, framer: Callable[[Reply], Iterator[bytes]], content_type: str) -> Response:
         """Return the response streaming the reply through ``framer``, recorded when the API is resumable."""
         if self.records is None:

@@ -16,7 +16,6 @@ from ...shared.streams import BadOffset, RecordsUnavailable, StreamRecords, Unkn
 from ..errors import error_response
 from ..framing import text
 from ..framing.recorded import replay_response
-from ..framing.text import plain_text
 from ..guards.limits import client_id, limit_chat
 from ..guards.request_body import request_body_within
 from ..opening import ChatRequest, chat_limits, open_reply
@@ -60,7 +59,7 @@ def chat():
     messages = parse_chat_request(request_body_within(service().settings.client_timeout), request.content_type,
                                   chat_limits())
     opened = open_reply(ChatRequest(messages, client=client_id(), resumable=True))
-    return opened.stream(plain_text, text.CONTENT_TYPE)
+    return opened.stream(text.plain_text, text.CONTENT_TYPE)
 
 
 @bp.get("/api/chat/streams/<stream_id>")
