@@ -470,13 +470,16 @@
 
   // Leaving or hiding the page saves the reply in progress as far as it got: a reload at any moment
   // continues it from there (the periodic save above is for a browser that dies without pagehide).
+  // Only while a reply streams here: otherwise this page's thread may be older than what another tab
+  // of the same site saved since, and must not overwrite it.
+  const saveReplyInProgress = () => { if (controller) saveThread(); };
   window.addEventListener("pagehide", () => {
-    saveThread();
+    saveReplyInProgress();
     leaving = true;
   });
   window.addEventListener("pageshow", () => { leaving = false; }); // back from the back-forward cache
   document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "hidden") saveThread();
+    if (document.visibilityState === "hidden") saveReplyInProgress();
   });
 
   renderThread();
