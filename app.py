@@ -42,6 +42,7 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     access.configure_logging(settings.log_format)
     secrets = [getattr(settings, s.attr) for s in SETTINGS if s.secret]  # never in a log line
     remember_secrets(*(value for secret in secrets for value in (secret if isinstance(secret, tuple) else (secret,))),
+                     *(secret for upstream in settings.upstreams for secret in upstream.secrets),
                      *(urlsplit(url).password or "" for url in (settings.redis_url, settings.ratelimit_storage_uri)))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.chat_max_body_bytes

@@ -1,45 +1,82 @@
 """The ``./run`` commands that are not the service itself.
 
-    ./run check-rules [FILE]    (python -m streamchat.commands check-rules [FILE])
+    ./run check-rules [FILE]        (python -m streamchat.commands check-rules [FILE])
+    ./run check-upstreams [FILE]    (python -m streamchat.commands check-upstreams [FILE])
 
 ``check-rules`` checks a rules file before it is deployed. Only that file is
 read: no other setting is looked at (a bad one elsewhere is not this
 command's business), nothing else is logged. Without ``FILE``, ``RULES_PATH``
 (from the environment or ``.env``), else ``rules.yaml``. Prints each problem as
 ``path:line:column: message`` and exits 1 if there is any.
+
+``check-upstreams`` checks an upstreams file the same way (without ``FILE``,
+``UPSTREAMS_PATH``), its ``${VAR}`` read from the environment and ``.env``:
+prints each upstream (never a key) or the one line that says what is wrong,
+and exits 1 then.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+
 
 from .config import ConfigError, parse_settings, read_env_file
 from .domain.rules import check_file
+from .domain.upstreams import UpstreamsError, load_upstreams
 
 USAGE = __doc__.split("\n\n")[1].strip()
 
 
-def check_rules(argv: list[str]) -> int:
-    """Check the rules file named by ``argv`` (or the configured one); return the exit status."""
+def _configured(argv: list[str], env: str) -> str | None:
+    """The file ``argv`` names, else the setting ``env`` (from the environment or ``.env``); None on a usage error."""
     if len(argv) > 1 or (argv and argv[0] in ("-h", "--help")):
         print(USAGE, file=sys.stderr)
-        return 2
+        return None
     if argv:
-        path = argv[0]
-    else:
-        read_env_file()
-        try:
-            path = parse_settings(["RULES_PATH"]).rules_path
-        except ConfigError as exc:
-            print(f"streamchat: configuration error: {exc}", file=sys.stderr)
-            return 2
+        return argv[0]
+    try:
+        return getattr(parse_settings([env]), env.lower())
+    except ConfigError as exc:
+        print(f"streamchat: configuration error: {exc}", file=sys.stderr)
+        return None
+
+
+def check_rules(argv: list[str]) -> int:
+    """Check the rules file named by ``argv`` (or the configured one); return the exit status."""
+    read_env_file()
+    path = _configured(argv, "RULES_PATH")
+    if path is None:
+        return 2
     ok, lines = check_file(path)
     for line in lines:
         print(line, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
 
-COMMANDS = {"check-rules": check_rules}
+def check_upstreams(argv: list[str]) -> int:
+    """Check the upstreams file named by ``argv`` (or the configured one); return the exit status."""
+    read_env_file()
+    path = _configured(argv, "UPSTREAMS_PATH")
+    if path is None:
+        return 2
+    if not path:
+        print("UPSTREAMS_PATH is not set: name the file, ./run check-upstreams FILE", file=sys.stderr)
+        return 2
+    try:
+        upstreams = load_upstreams(path, os.environ)
+    except UpstreamsError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{path}: {len(upstreams)} upstream{'s' if len(upstreams) != 1 else ''}, tried in this order of tiers")
+    for upstream in sorted(upstreams, key=lambda u: u.tier):
+        keys = len(upstream.api_keys)
+        print(f"  tier {upstream.tier}: {upstream.name} ({upstream.protocol}, {upstream.model}, {upstream.base_url}, "
+              f"{keys or 'no'} key{'s' if keys != 1 else ''}, weight {upstream.weight:g})")
+    return 0
+
+
+COMMANDS = {"check-rules": check_rules, "check-upstreams": check_upstreams}
 
 
 def main(argv: list[str]) -> int:

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Mapping
 
 from .domain.provider_facts import FACTS_BY_NAME, PROVIDER_FACTS, ProviderFacts
+from .domain.upstreams import Upstream, UpstreamsError, load_upstreams
 
 API_KEY = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an HTTP header carries as is
 
@@ -244,6 +245,10 @@ class Settings:
     anthropic_api_key: str = _key_of(ANTHROPIC)
     anthropic_base_url: str = _base_url_of(ANTHROPIC)
     anthropic_model: str = _model_of(ANTHROPIC)
+    upstreams_path: str = _setting(
+        _text, "", "A YAML file of named upstreams: several models and keys, tiers and weights "
+        "([named upstreams](#named-upstreams)). Without it the `OPENAI_*` and `ANTHROPIC_*` settings describe two "
+        "upstreams named `openai` and `anthropic`; setting both forms is an error.", example="upstreams.yaml")
     # None in the table (no default): load_settings fills in every configured provider.
     llm_providers: tuple[str, ...] = _setting(
         _provider_list, None,
@@ -350,6 +355,8 @@ class Settings:
         "Keep it 5 s under the platform's kill (Heroku: 30 s).")
     gunicorn_log_level: str = _setting(
         _one_of("debug", "info", "warning", "error", "critical"), "info", "The server's own log level.")
+    #: Derived, not read: the upstreams, from UPSTREAMS_PATH or else from the OPENAI_* and ANTHROPIC_* settings.
+    upstreams: tuple[Upstream, ...] = ()
     #: The variables set in the environment (not left to their defaults).
     explicitly_set: frozenset[str] = frozenset()
 
@@ -417,15 +424,49 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"SYSTEM_PROMPT_FILE cannot be read: {exc}") from None
 
     values["ratelimit_storage_uri"] = values["ratelimit_storage_uri"] or values["redis_url"] or "memory://"
-    configured = _configured_providers(values, explicitly_set)
-    if values["llm_providers"] is None:
-        values["llm_providers"] = configured
+    if values["upstreams_path"]:
+        upstreams = _upstreams_from_file(values["upstreams_path"], environ, explicitly_set)
+        values["llm_providers"] = ()
     else:
-        missing = [name for name in values["llm_providers"] if name not in configured]
-        if missing:
-            raise ConfigError(f"LLM_PROVIDERS names {missing[0]!r}, which is not configured: "
-                              f"set {configure_hint(FACTS_BY_NAME[missing[0]])}.")
-    return Settings(**values, explicitly_set=frozenset(explicitly_set))
+        configured = _configured_providers(values, explicitly_set)
+        if values["llm_providers"] is None:
+            values["llm_providers"] = configured
+        else:
+            missing = [name for name in values["llm_providers"] if name not in configured]
+            if missing:
+                raise ConfigError(f"LLM_PROVIDERS names {missing[0]!r}, which is not configured: "
+                                  f"set {configure_hint(FACTS_BY_NAME[missing[0]])}.")
+        upstreams = _upstreams_from_settings(values)
+    return Settings(**values, upstreams=upstreams, explicitly_set=frozenset(explicitly_set))
+
+
+#: The settings that describe upstreams without a file: with UPSTREAMS_PATH, none of them may be set.
+LEGACY_UPSTREAM_SETTINGS = tuple(env for facts in PROVIDER_FACTS
+                                 for env in (facts.key_env_var, facts.base_url_env_var, facts.model_env_var)
+                                 ) + ("LLM_PROVIDERS",)
+
+
+def _upstreams_from_file(path: str, environ: Mapping[str, str], explicitly_set: set[str]) -> tuple[Upstream, ...]:
+    both = [env for env in LEGACY_UPSTREAM_SETTINGS if env in explicitly_set]
+    if both:
+        raise ConfigError(f"UPSTREAMS_PATH and {both[0]} are both set: keep UPSTREAMS_PATH and describe that "
+                          f"upstream in {path}, or unset UPSTREAMS_PATH to keep the {', '.join(both)} settings.")
+    try:
+        return load_upstreams(path, environ)
+    except UpstreamsError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _upstreams_from_settings(values: Mapping[str, Any]) -> tuple[Upstream, ...]:
+    # Today's variables, as they always worked: one upstream per configured provider, in LLM_PROVIDERS order.
+    upstreams = []
+    for tier, name in enumerate(values["llm_providers"], 1):
+        facts = FACTS_BY_NAME[name]
+        key = values[facts.key_env_var.lower()]
+        upstreams.append(Upstream(name=name, protocol=name, base_url=values[facts.base_url_env_var.lower()],
+                                  model=values[facts.model_env_var.lower()] or facts.default_model,
+                                  api_keys=(key,) if key else (), tier=tier, secrets=(key,) if key else ()))
+    return tuple(upstreams)
 
 
 def _configured_providers(values: Mapping[str, Any], explicitly_set: set[str]) -> tuple[str, ...]:

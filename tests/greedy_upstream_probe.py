@@ -55,7 +55,7 @@ def ticker():
         gevent.sleep(0)
 
 
-provider = OpenAIChat(model="m", base_url=url, api_key="", session=new_session(1, url),
+provider = OpenAIChat(model="m", base_url=url, api_keys=(), session=new_session(1, url),
                       timeouts=Timeouts(5, 5, 5, 30), max_tokens=5, temperature=None, system_prompt="")
 stream = provider.stream([{"role": "user", "content": "hi"}])
 first = next(stream)

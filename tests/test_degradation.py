@@ -110,7 +110,7 @@ def test_dns_failure(monkeypatch):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
-    provider = OpenAIChat(model="m", base_url="http://llm.example.invalid/v1", api_key="k",
+    provider = OpenAIChat(model="m", base_url="http://llm.example.invalid/v1", api_keys=("k",),
                           session=new_session(2, "http://llm.example.invalid/v1"), timeouts=Timeouts(1, 1, 1, 5), max_tokens=5,
                           temperature=None, system_prompt="")
     with pytest.raises(UpstreamUnreachable):
@@ -141,7 +141,7 @@ class BuggyProvider(OpenAIChat):
 
 def open_buggy_reply(fake, fail_on: str, tag: str):
     url = f"{fake.url}/v1"
-    provider = BuggyProvider(fail_on, model="m", base_url=url, api_key="", session=new_session(2, url),
+    provider = BuggyProvider(fail_on, model="m", base_url=url, api_keys=(), session=new_session(2, url),
                              timeouts=Timeouts(1, 3, 2, 10), max_tokens=5, temperature=None, system_prompt="")
     relay = Relay([provider], RulesStore(str(REPO / "rules.yaml")), CircuitBreaker(0))
     # A read per token, so the first one is sent before the bug is reached.

@@ -190,7 +190,7 @@ def test_without_service_keys_the_api_is_not_there():
 def test_a_silent_upstream_becomes_sse_comments_not_a_timed_out_proxy(fake, monkeypatch):
     monkeypatch.setattr(provider_base, "HEARTBEAT_EVERY", 0.2)
     base_url = f"{fake.url}/v1"
-    provider = OpenAIChat(model="m", base_url=base_url, api_key="k", session=new_session(2, base_url),
+    provider = OpenAIChat(model="m", base_url=base_url, api_keys=("k",), session=new_session(2, base_url),
                           timeouts=Timeouts(1, 3, 2, 10), max_tokens=5, temperature=None, system_prompt="")
     usage = Usage()
     texts = list(provider.stream(ask("slow", tokens=3, interval_ms=700), usage=usage))

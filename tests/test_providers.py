@@ -14,7 +14,7 @@ from streamchat.domain.sse import ServerSentEvent
 
 
 def make(cls, **overrides):
-    options = dict(model="m", base_url="http://127.0.0.1:9/v1", api_key="k", session=None,
+    options = dict(model="m", base_url="http://127.0.0.1:9/v1", api_keys=("k",), session=None,
                    timeouts=Timeouts(1, 1, 1, 10), max_tokens=10, temperature=None, system_prompt="Be brief.")
     options.update(overrides)
     return cls(**options)
@@ -63,14 +63,14 @@ class TestOpenAIEvents:
             self.provider.parse_event(event('{"choices": [{"delta": '), Usage())
 
     def test_request_puts_the_system_prompt_first(self):
-        url, headers, body = self.provider.build_request([{"role": "user", "content": "hi"}], DEFAULT_OPTIONS)
+        url, headers, body = self.provider.build_request([{"role": "user", "content": "hi"}], DEFAULT_OPTIONS, "k")
         assert url == "http://127.0.0.1:9/v1/chat/completions"
         assert headers == {"Authorization": "Bearer k"}
         assert body["stream"] is True
         assert body["messages"][0] == {"role": "system", "content": "Be brief."}
 
     def test_keyless_local_server_sends_no_authorization(self):
-        assert make(OpenAIChat, api_key="").build_request([{"role": "user", "content": "x"}], DEFAULT_OPTIONS)[1] == {}
+        assert make(OpenAIChat).build_request([{"role": "user", "content": "x"}], DEFAULT_OPTIONS, "")[1] == {}
 
 
 class TestAnthropicEvents:
@@ -103,7 +103,7 @@ class TestAnthropicEvents:
     def test_request_shape(self):
         url, headers, body = self.provider.build_request(
             [{"role": "assistant", "content": "Hi, how can I help?"}, {"role": "user", "content": "a"},
-             {"role": "user", "content": "b"}], DEFAULT_OPTIONS)
+             {"role": "user", "content": "b"}], DEFAULT_OPTIONS, "k")
         assert url == "http://127.0.0.1:9/v1/messages"
         assert headers["x-api-key"] == "k" and headers["anthropic-version"] == "2023-06-01"
         assert body["system"] == "Be brief." and body["max_tokens"] == 10
@@ -188,12 +188,12 @@ def test_anthropic_usage_counts_cached_input_and_takes_output_from_message_delta
 
 def test_request_options_are_capped_and_client_system_messages_kept():
     openai_body = make(OpenAIChat).build_request(
-        [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}], Options(max_tokens=500,
-                                                                                                 temperature=0.2))[2]
+        [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}],
+        Options(max_tokens=500, temperature=0.2), "k")[2]
     assert openai_body["max_tokens"] == 10 and openai_body["temperature"] == 0.2
     assert openai_body["stream_options"] == {"include_usage": True}
     assert [m["role"] for m in openai_body["messages"]] == ["system", "system", "user"]  # the server's first
     anthropic_body = make(AnthropicMessages, base_url="http://127.0.0.1:9").build_request(
-        [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}], Options(max_tokens=3))[2]
+        [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}], Options(max_tokens=3), "k")[2]
     assert anthropic_body["system"] == "Be brief.\n\nBe kind." and anthropic_body["max_tokens"] == 3
     assert anthropic_body["messages"] == [{"role": "user", "content": "hi"}]

@@ -107,7 +107,8 @@ def test_healthz_asks_the_relay(client):
     with client.application.app_context():
         relay = service().relay
     body = client.get("/healthz").get_json()
-    assert body["providers"] == [{"name": "fake", "model": "fake-1", "base_url": "in-process"}]
+    assert body["providers"] == [{"name": "fake", "protocol": "-", "model": "fake-1", "base_url": "in-process",
+                                  "tier": 1, "weight": 1.0, "keys": 0, "keys_cooling": 0, "state": "ready"}]
     assert body["rules"] == relay.rules.health()
     assert body["status"] == "ok"
 

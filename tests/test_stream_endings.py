@@ -61,7 +61,7 @@ ENDINGS = {
 
 def provider_for(cls, fake):
     base_url = f"{fake.url}/v1" if cls is OpenAIChat else fake.url
-    return cls(model="m", base_url=base_url, api_key="k", session=new_session(4, base_url),
+    return cls(model="m", base_url=base_url, api_keys=("k",), session=new_session(4, base_url),
                timeouts=Timeouts(1, 3, 2, 10), max_tokens=5, temperature=None, system_prompt="")
 
 

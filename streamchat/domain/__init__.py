@@ -1,7 +1,9 @@
 """The domain: who answers a conversation and with what text. No Flask, gevent or gunicorn in here.
 
 ``relay`` (who answers, the reply as a stream of ``str``, the listeners of
-finished replies), ``record`` (the typed ``ReplyRecord``: who asked, who
+finished replies), ``routing`` (which upstream and which of its keys a request
+tries, by tier, weight and turn), ``upstreams`` (the named upstreams of
+``UPSTREAMS_PATH``, checked), ``record`` (the typed ``ReplyRecord``: who asked, who
 answered, what it cost, how it ended), ``breaker`` (the circuit breaker),
 ``providers`` (the provider contract and the upstream APIs),
 ``provider_facts`` (each API's name, settings and defaults, without its code),

@@ -38,6 +38,10 @@ class CircuitBreaker:
             if wait > 0:
                 self._open[provider] = (self.clock() + wait, error.reason)
 
+    def cool(self, name: str, seconds: float, reason: str) -> None:
+        """Skip ``name`` (an upstream, or one of its keys) for ``seconds``, whatever the error was."""
+        self._open[name] = (self.clock() + min(seconds, MAX_COOLDOWN), reason)
+
     def state(self) -> dict[str, dict[str, float | str]]:
         """Return the providers cooling down now, with why and for how many more seconds."""
         now = self.clock()

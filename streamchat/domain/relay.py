@@ -23,18 +23,20 @@ import re
 import time
 from typing import Any, Callable, Iterator, Protocol
 
-from ..errors import ClientDisconnected, ProviderError, ReplyStopped, ServiceRestarting
+from ..errors import ClientDisconnected, ProviderError, RateLimited, ReplyStopped, ServiceRestarting
 from ..redaction import url_without_secrets
 from .breaker import CircuitBreaker
 from .providers import Provider
 from .providers.base import DEFAULT_OPTIONS, Options
 from .record import (CLIENT_GONE, COMPLETE, COOLING_DOWN, CUT_SHORT, INTERNAL_ERROR, OPEN, RESTARTING,
                      STOPPED, ReplyRecord)
+from .routing import KEY_REJECTED_COOLDOWN, Router, key_name
 from .usage import Usage, estimate_tokens
 
 log = logging.getLogger("streamchat")
 
 FALLBACK_WORDS_PER_CHUNK = 3
+RATE_LIMITED, AUTH_REJECTED = RateLimited.reason, "auth_rejected"
 
 
 class Responder(Protocol):
@@ -172,6 +174,7 @@ class Relay:
         self.chain = chain
         self.rules = rules
         self.breaker = breaker
+        self.router = Router(chain, breaker)
         self.fallback_delay = fallback_delay
         #: Called with each reply's final ``ReplyRecord`` when it closes.
         self.listeners: list[Callable[[ReplyRecord], None]] = []
@@ -195,39 +198,24 @@ class Relay:
 
     def _open(self, messages, on_close, live_denied, record: ReplyRecord, options: Options,
               prefer: str | None) -> Reply:
-        reasons: list[str] = []  # why each provider did not answer, in chain order
-        chain = self.chain
-        if prefer is not None:
-            chain = sorted(chain, key=lambda p: p.name != prefer)  # stable: the rest keep their order
-        for provider in chain if live_denied is None else ():
-            skip = self.breaker.skip_reason(provider.name)
+        reasons: list[str] = []  # why each candidate did not answer, in the order they were tried
+        for upstream in self.router.upstreams(prefer) if live_denied is None else ():
+            skip = self.breaker.skip_reason(upstream.name)
             if skip:
                 reasons.append(skip)
-                record.failures.append((provider.name, COOLING_DOWN))
+                record.failures.append((upstream.name, COOLING_DOWN))
                 continue
-            usage = Usage()
-            stream = provider.stream(messages, options, usage)
-            try:
-                first = next(stream)
-            except ProviderError as exc:
-                self.breaker.record(provider.name, exc)
-                reasons.append(exc.reason)
-                record.failures.append((provider.name, exc.reason))
-                log.warning("provider failed before the first text: %s", exc)
+            keys = self.router.keys(upstream)
+            if not keys:  # every key is rate-limited or refused: say why the first one is
+                reasons.append(self.breaker.skip_reason(key_name(upstream.name, 0)) or RATE_LIMITED)
+                record.failures.append((upstream.name, COOLING_DOWN))
                 continue
-            except ClientDisconnected:
-                raise
-            except Exception:  # a bug in provider code costs this reply its live answer, never the user's reply
-                reasons.append(INTERNAL_ERROR)
-                record.failures.append((provider.name, INTERNAL_ERROR))
-                log.exception("provider %s failed unexpectedly before the first text", provider.name)
-                continue
-            self.breaker.record(provider.name, None)
-            record.provider, record.model = provider.name, provider.model
-            # What was sent: the conversation and the provider's own system prompt (the reservation counts both).
-            record.input_tokens = estimate_tokens(sum(len(message["content"]) for message in messages)
-                                                  + len(getattr(provider, "system_prompt", "") or ""))
-            return Reply(record, first, stream, on_close, self, usage)
+            for key in keys:
+                reply = self._try(upstream, key, messages, options, record, reasons, on_close)
+                if reply is not None:
+                    return reply
+                if not self._next_key_may_answer(record):
+                    break  # the upstream's own fault: its other keys would meet it too
         # The first failure is the one the site owner configured first: report that one.
         record.mode, record.provider = "fallback", "rules"
         record.reason = reasons[0] if reasons else live_denied or "no_provider"
@@ -235,15 +223,69 @@ class Relay:
         pieces = word_groups(text, FALLBACK_WORDS_PER_CHUNK, self.fallback_delay)
         return Reply(record, next(pieces, ""), pieces, on_close, self)
 
+    def _try(self, upstream: Provider, key: int, messages, options: Options, record: ReplyRecord,
+             reasons: list[str], on_close) -> Reply | None:
+        """Ask ``upstream`` with its key ``key`` for its first text: the reply, or None (why is noted)."""
+        who = key_name(upstream.name, key) if len(upstream.api_keys) > 1 else upstream.name
+        usage = Usage()
+        stream = upstream.stream(messages, options, usage, key)
+        try:
+            first = next(stream)
+        except ProviderError as exc:
+            self._cool(upstream, key, exc)
+            reasons.append(exc.reason)
+            record.failures.append((who, exc.reason))
+            log.warning("%s failed before the first text: %s", who, exc)
+            return None
+        except ClientDisconnected:
+            raise
+        except Exception:  # a bug in provider code costs this reply its live answer, never the user's reply
+            reasons.append(INTERNAL_ERROR)
+            record.failures.append((who, INTERNAL_ERROR))
+            log.exception("provider %s failed unexpectedly before the first text", upstream.name)
+            return None
+        self.breaker.record(upstream.name, None)
+        record.provider, record.model = upstream.name, upstream.model
+        # What was sent: the conversation and the provider's own system prompt (the reservation counts both).
+        record.input_tokens = estimate_tokens(sum(len(message["content"]) for message in messages)
+                                              + len(getattr(upstream, "system_prompt", "") or ""))
+        return Reply(record, first, stream, on_close, self, usage)
+
+    def _cool(self, upstream: Provider, key: int, error: ProviderError) -> None:
+        """Cool what the error is about: the key for a 429 or a refused key, else the upstream itself."""
+        keys = len(upstream.api_keys)
+        if isinstance(error, RateLimited) and keys > 1:
+            wait = max(self.breaker.cooldown, error.retry_after or 0.0)
+            self.breaker.cool(key_name(upstream.name, key), wait, error.reason)
+        elif error.reason == AUTH_REJECTED and keys:
+            self.breaker.cool(key_name(upstream.name, key), KEY_REJECTED_COOLDOWN, error.reason)
+            log.warning("%s refused key %d of %d (%s): it is skipped for %d minutes; check it",
+                        upstream.name, key + 1, keys, error.status or "an error event", KEY_REJECTED_COOLDOWN // 60)
+        else:
+            self.breaker.record(upstream.name, error)
+
+    @staticmethod
+    def _next_key_may_answer(record: ReplyRecord) -> bool:
+        # A 429 or a refused key is about that key: the upstream's next key may answer at once.
+        return bool(record.failures) and record.failures[-1][1] in (RATE_LIMITED, AUTH_REJECTED)
+
     def health(self) -> dict[str, Any]:
         """Return what ``/healthz`` shows of the relay: providers, cool-downs, open streams, rules."""
         return {
-            "providers": [{"name": p.name, "model": p.model, "base_url": url_without_secrets(p.base_url)}
-                          for p in self.chain],
+            "providers": [self._upstream_health(p) for p in self.chain],
             "cooling_down": self.breaker.state(),
             "open_streams": self.open_streams.count,
             "rules": self.rules.health(),
         }
+
+
+    def _upstream_health(self, upstream: Provider) -> dict[str, Any]:
+        facts = getattr(type(upstream), "facts", None)
+        cooling = self.router.cooling_keys(upstream)
+        return {"name": upstream.name, "protocol": facts.name if facts else "-", "model": upstream.model,
+                "base_url": url_without_secrets(upstream.base_url), "tier": upstream.tier, "weight": upstream.weight,
+                "keys": len(upstream.api_keys), "keys_cooling": cooling,
+                "state": "ready" if self.router.usable(upstream) else "cooling_down"}
 
 
 def word_groups(text: str, size: int, delay: float = 0.0) -> Iterator[str]:

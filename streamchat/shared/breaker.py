@@ -51,6 +51,10 @@ class SharedBreaker(CircuitBreaker):
         if after != before:
             self._announce(provider, after)
 
+    def cool(self, name: str, seconds: float, reason: str) -> None:
+        super().cool(name, seconds, reason)
+        self._announce(name, self._open[name])
+
     def _announce(self, provider: str, entry: tuple[float, str] | None) -> None:
         if entry is None:
             change = {"provider": provider}

@@ -29,6 +29,7 @@ class FakeCall:
 
     messages: list[dict[str, str]]
     options: Options = DEFAULT_OPTIONS
+    key: int = 0  # the position of the key it was asked with
     yielded: list[str] = field(default_factory=list)
     closed: bool = False
 
@@ -38,8 +39,11 @@ class FakeProvider(Provider):
 
     name = "fake"
 
-    def __init__(self, model: str = "fake-model", name: str = "fake"):
+    def __init__(self, model: str = "fake-model", name: str = "fake", keys: int = 0, tier: int = 1,
+                 weight: float = 1.0):
         self.name = name  # type: ignore[misc]  (a class attribute on real providers)
+        self.api_keys = tuple(f"{name}-key-{n}" for n in range(1, keys + 1))
+        self.tier, self.weight = tier, weight
         self.model = model
         self.base_url = "in-process"
         self.history: list[FakeCall] = []
@@ -51,9 +55,9 @@ class FakeProvider(Provider):
         return self
 
     def stream(self, messages: list[dict[str, str]], options: Options = DEFAULT_OPTIONS,
-               usage: Usage | None = None) -> Iterator[str]:
+               usage: Usage | None = None, key: int = 0) -> Iterator[str]:
         pieces, then = self._queue.popleft() if self._queue else (DEFAULT_REPLY, None)
-        call = FakeCall(messages=list(messages), options=options)
+        call = FakeCall(messages=list(messages), options=options, key=key)
         self.history.append(call)
         return self._stream(call, pieces, then)
 

@@ -27,20 +27,21 @@ __all__ = ["PROVIDERS", "PROVIDER_CLASSES", "AnthropicMessages", "HTTPProvider",
 
 
 def build_chain(settings: Any) -> list[Provider]:
-    """Return the providers named by ``settings.llm_providers``, in the order they should be tried."""
+    """Return a provider for each upstream of ``settings.upstreams``, in the order they should be tried."""
     timeouts = Timeouts(connect=settings.llm_connect_timeout, first_token=settings.llm_first_token_timeout,
                         idle=settings.llm_idle_timeout, max_duration=settings.llm_max_duration)
     chain: list[Provider] = []
-    for name in settings.llm_providers:
-        cls = PROVIDER_CLASSES[name]
-        facts = cls.facts
-        base_url = getattr(settings, facts.base_url_env_var.lower())
-        chain.append(cls(
-            model=getattr(settings, facts.model_env_var.lower()) or facts.default_model,
-            base_url=base_url,
-            api_key=getattr(settings, facts.key_env_var.lower()),
-            # One pooled session per provider: connections are reused across requests.
-            session=new_session(settings.llm_pool_size, base_url),
+    for upstream in sorted(settings.upstreams, key=lambda u: u.tier):  # stable: the file's order within a tier
+        chain.append(PROVIDER_CLASSES[upstream.protocol](
+            name=upstream.name,
+            model=upstream.model,
+            base_url=upstream.base_url,
+            api_keys=upstream.api_keys,
+            extra_headers=dict(upstream.headers),
+            tier=upstream.tier,
+            weight=upstream.weight,
+            # One pooled session per upstream: connections are reused across requests.
+            session=new_session(settings.llm_pool_size, upstream.base_url),
             timeouts=timeouts,
             max_tokens=settings.llm_max_tokens,
             temperature=settings.llm_temperature,

@@ -40,7 +40,7 @@ class AnthropicMessages(HTTPProvider):
 
     facts = ANTHROPIC
 
-    def build_request(self, messages, options):
+    def build_request(self, messages, options, api_key):
         body: dict[str, Any] = {"model": self.model, "stream": True, "max_tokens": self.max_tokens_for(options),
                                 "messages": _alternating(messages)}
         system = _system(self.system_prompt, messages)
@@ -49,7 +49,7 @@ class AnthropicMessages(HTTPProvider):
         temperature = self.temperature_for(options)
         if temperature is not None:
             body["temperature"] = min(temperature, 1.0)  # Anthropic's range is 0-1
-        headers = {"x-api-key": self.api_key, "anthropic-version": ANTHROPIC_VERSION}
+        headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
         return f"{self.base_url}/v1/messages", headers, body
 
     def parse_event(self, event: ServerSentEvent, usage: Usage) -> str:

@@ -72,8 +72,13 @@ class Provider:
     model: str
     base_url: str
 
+    #: Its keys (taken in turn: ``stream``'s ``key`` is a position among them), tier and weight (the routing).
+    api_keys: tuple[str, ...] = ()
+    tier: int = 1
+    weight: float = 1.0
+
     def stream(self, messages: list[dict[str, str]], options: Options = DEFAULT_OPTIONS,
-               usage: Usage | None = None) -> Iterator[str]:
+               usage: Usage | None = None, key: int = 0) -> Iterator[str]:
         """Yield the reply's text; raise a ``ProviderError`` for any failure, before or after the first text.
 
         Messages have the roles ``user``, ``assistant`` and (from authenticated API clients) ``system``;
@@ -93,11 +98,18 @@ class HTTPProvider(Provider):
         if "facts" in cls.__dict__:
             cls.name = cls.facts.name  # the relay, the breaker and the logs know a provider by this name
 
-    def __init__(self, *, model: str, base_url: str, api_key: str, session: requests.Session,
-                 timeouts: Timeouts, max_tokens: int, temperature: float | None, system_prompt: str):
+    def __init__(self, *, model: str, base_url: str, api_keys: tuple[str, ...], session: requests.Session,
+                 timeouts: Timeouts, max_tokens: int, temperature: float | None, system_prompt: str,
+                 name: str | None = None, extra_headers: dict[str, str] | None = None, tier: int = 1,
+                 weight: float = 1.0):
+        if name is not None:
+            self.name = name  # type: ignore[misc]  (a named upstream: its class's name otherwise)
+        self.extra_headers = extra_headers or {}  # from the upstreams file: they win over the protocol's own
         self.model = model
         self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
+        self.api_keys = api_keys  # taken in turn by the relay; none for a keyless local server
+        self.tier = tier
+        self.weight = weight
         self.session = session
         self.timeouts = timeouts
         self.max_tokens = max_tokens
@@ -109,8 +121,9 @@ class HTTPProvider(Provider):
 
     # -- what a subclass implements ---------------------------------------------------------
 
-    def build_request(self, messages: list[dict[str, str]],
-                      options: Options) -> tuple[str, dict[str, str], dict[str, Any]]:
+    def build_request(self, messages: list[dict[str, str]], options: Options,
+                      api_key: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """Return the URL, headers and JSON body of the request, sent with ``api_key`` ("" for none)."""
         raise NotImplementedError
 
     def parse_event(self, event: ServerSentEvent, usage: Usage) -> str:
@@ -133,11 +146,16 @@ class HTTPProvider(Provider):
     def temperature_for(self, options: Options) -> float | None:
         return options.temperature if options.temperature is not None else self.temperature
 
+    def _request(self, messages: list[dict[str, str]], options: Options,
+                 api_key: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+        url, headers, body = self.build_request(messages, options, api_key)
+        return url, ({**headers, **self.extra_headers} if self.extra_headers else headers), body
+
     # -- the generator ------------------------------------------------------------------------
 
     def stream(self, messages: list[dict[str, str]], options: Options = DEFAULT_OPTIONS,
-               usage: Usage | None = None) -> Iterator[str]:
-        """Yield the reply's text: one string per upstream read, joining every delta it held.
+               usage: Usage | None = None, key: int = 0) -> Iterator[str]:
+        """Yield the reply's text: one string per upstream read, joining every delta it held; sent with key ``key``.
 
         Raises a ``ProviderError`` for any failure, including no text before the
         first-token deadline, silence longer than the idle timeout, or a reply
@@ -148,7 +166,8 @@ class HTTPProvider(Provider):
         usage = usage if usage is not None else Usage()
         with translate_errors(self.name):
             # Returned without its request: the conversation in its body is freed once sent.
-            response = send_json(self.session, *self.build_request(messages, options),
+            api_key = self.api_keys[key] if self.api_keys else ""
+            response = send_json(self.session, *self._request(messages, options, api_key),
                                  timeout=(timeouts.connect, timeouts.first_token))
             if response.status_code != 200:
                 error = error_for_status(self.name, response.status_code, response.headers,
@@ -156,7 +175,7 @@ class HTTPProvider(Provider):
                 response.close()
                 if not self.ask_again_without_extras(error):
                     raise error
-                response = send_json(self.session, *self.build_request(messages, options),
+                response = send_json(self.session, *self._request(messages, options, api_key),
                                      timeout=(timeouts.connect, timeouts.first_token))
         del messages  # a long conversation must not stay in memory while the reply streams
         body = None

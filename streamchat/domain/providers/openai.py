@@ -40,7 +40,7 @@ class OpenAIChat(HTTPProvider):
         log.info("%s refused stream_options: usage will be estimated for its replies", self.name)
         return True
 
-    def build_request(self, messages, options):
+    def build_request(self, messages, options, api_key):
         body: dict[str, Any] = {"model": self.model, "stream": True, "max_tokens": self.max_tokens_for(options)}
         if self.include_usage:
             body["stream_options"] = {"include_usage": True}
@@ -48,7 +48,7 @@ class OpenAIChat(HTTPProvider):
         temperature = self.temperature_for(options)
         if temperature is not None:
             body["temperature"] = temperature
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         return f"{self.base_url}/chat/completions", headers, body
 
     def parse_event(self, event: ServerSentEvent, usage: Usage) -> str:

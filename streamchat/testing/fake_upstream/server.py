@@ -33,6 +33,7 @@ overrides the defaults (set on the command line) with any of:
     reject_stream_options   answer 400 to a request with ``stream_options`` (as some compatible servers do)
     id          a tag to find this request in ``GET /_fake/requests``
     openai, anthropic   overrides for that protocol only, e.g. {"openai": {"status": 500}}
+    keys        overrides for the request sent with that key, e.g. {"key-a": {"status": 429}}
 
 ``GET /_fake/requests`` lists what was asked and when each connection was
 seen closed; ``GET /_fake/stats`` sums it up for the benchmark.
@@ -71,9 +72,10 @@ class Record:
     path: str
     protocol: str
     connection: int
-    headers: dict[str, str]
+    headers: dict[str, str]  # without the key
     body: Any
     body_size: int  # bytes on the wire
+    key_end: str  # the last four characters of the key it was sent with ("" for none)
     started: float
     tokens_sent: int = 0
     prompt_tokens: int = 0  # what its usage events report as the input: one per word sent
@@ -294,10 +296,11 @@ class _Connection(asyncio.Protocol):
             self._send_json(400, {"error": {"message": "body is not JSON"}})
             return
         directive = directive_of(body)
-        params = {**server.defaults, **directive, **directive.get(protocol, {})}
+        key = headers.get("authorization", "").removeprefix("Bearer ") or headers.get("x-api-key", "")
+        params = {**server.defaults, **directive, **directive.get(protocol, {}), **directive.get("keys", {}).get(key, {})}
         shown = {k: v for k, v in headers.items() if k not in ("authorization", "x-api-key")}
         shown["has-key"] = str(bool(headers.get("authorization") or headers.get("x-api-key")))
-        record = server.new_record(id=str(params.get("id", "")), path=path, protocol=protocol,
+        record = server.new_record(id=str(params.get("id", "")), path=path, protocol=protocol, key_end=key[-4:],
                                    connection=self.number, headers=shown, body=body,
                                    body_size=len(body_bytes), prompt_tokens=prompt_tokens(body))
         self.record = record

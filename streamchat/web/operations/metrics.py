@@ -114,8 +114,8 @@ class Metrics:
             self.ttfb.labels(record.mode, provider).observe(record.first_byte_at - record.started)
         if record.ended_at is not None:
             self.duration.labels(record.mode, provider).observe(record.ended_at - record.started)
-        for failed, why in record.failures:
-            self.upstream_failures.labels(failed, why).inc()
+        for failed, why in record.failures:  # "groq#2": the upstream, without the key's position
+            self.upstream_failures.labels(failed.split("#", 1)[0], why).inc()
         if record.mode == "live":
             if record.ended == CUT_SHORT and record.cut_reason != RESTARTING:
                 self.upstream_failures.labels(provider, record.cut_reason).inc()
