@@ -210,3 +210,27 @@ def test_a_preferred_upstream_goes_first_then_the_chain_as_usual():
     assert relay.open(HELLO, prefer="b").record.provider == "b"
     b.enqueue(then=UpstreamServerError("500"))
     assert relay.open(HELLO, prefer="b").record.provider == "a"
+
+
+# -- what the upstream says is left ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("headers, seconds", [
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6m0s"}, 360),
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1h2m3.5s"}, 3600),  # capped
+    ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "120ms"}, 0.12),
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2.5"}, 2.5),
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "7.66s",
+      "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "59.1s"}, 59.1),  # the longest wait
+    ({"anthropic-ratelimit-requests-remaining": "0",
+      "anthropic-ratelimit-requests-reset": "2026-12-07T10:00:30Z"}, 30),
+    ({"x-ratelimit-remaining-requests": "14", "x-ratelimit-reset-requests": "6m0s"}, None),
+    ({"x-ratelimit-remaining-requests": "0"}, None),  # no reset said: the 429 will tell
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "soon"}, None),
+    ({}, None),
+])
+def test_a_spent_limit_is_read_from_either_naming_scheme(headers, seconds):
+    from streamchat.transport.rate_limits import exhausted_for
+
+    now = 1796637600.0  # 2026-12-07T10:00:00Z
+    found = exhausted_for(headers, now=now)
+    assert (found is None and seconds is None) or found == pytest.approx(seconds)

@@ -53,7 +53,7 @@ def test_the_first_tier_answers_and_its_name_and_model_are_in_the_headers(routed
 def test_a_429_on_a_key_is_answered_live_by_the_next_key_without_the_visitor_noticing(routed, fake):
     # The first tier fails over to the second; there the first key tried is rate-limited, the other answers.
     directive = {"anthropic": {"status": 500}, "text": "from groq",
-                 "keys": {"groq-key-aaaa": {"status": 429, "retry_after": 1},
+                 "keys": {"groq-key-aaaa": {"status": 429, "retry_after_ms": 200},
                           "groq-key-bbbb": {}}}
     status, headers, body = ask(routed, "u-429", **directive)
     assert (status, body, headers["X-Terminal-Mode"], headers["X-Terminal-Provider"]) == (
@@ -88,3 +88,22 @@ def test_the_openai_api_may_name_an_upstream_or_its_model(routed, fake):
     status, _, models = request(routed.url, "GET", "/v1/models", headers={"Authorization": f"Bearer {SERVICE_KEY}"})
     assert [(m["id"], m["owned_by"]) for m in json.loads(models)["data"]] == [
         ("fake-claude", "claude"), ("fake-llama", "groq"), ("rules", "streamchat")]
+
+
+def groq_health(server) -> dict:
+    health = json.loads(request(server.url, "GET", "/healthz")[2])
+    return next(u for u in health["providers"] if u["name"] == "groq")
+
+
+def test_a_key_reporting_nothing_left_is_skipped_until_its_reset(routed, fake):
+    assert eventually(lambda: groq_health(routed)["keys_cooling"] == 0)  # the 429 of an earlier test is over
+    spent = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}
+    directive = {"anthropic": {"status": 500}, "text": "ok", "keys": {"groq-key-aaaa": {"headers": spent},
+                                                                      "groq-key-bbbb": {"headers": spent}}}
+    for n in range(2):  # each key answers once and says it is spent
+        assert ask(routed, f"u-spent-{n}", **directive)[1]["X-Terminal-Provider"] == "groq"
+    status, headers, _ = ask(routed, "u-spent-after", **directive)
+    assert headers["X-Terminal-Mode"] == "fallback" and headers["X-Terminal-Reason"] == "upstream_error"
+    assert [r.protocol for r in fake.records if r.id == "u-spent-after"] == ["anthropic"]  # no 429 was suffered
+    groq = groq_health(routed)
+    assert (groq["keys_cooling"], groq["state"]) == (2, "cooling_down")

@@ -230,7 +230,10 @@ class Relay:
         usage = Usage()
         stream = upstream.stream(messages, options, usage, key)
         try:
-            first = next(stream)
+            try:
+                first = next(stream)
+            finally:
+                self._skip_if_spent(upstream, key, usage)
         except ProviderError as exc:
             self._cool(upstream, key, exc)
             reasons.append(exc.reason)
@@ -263,6 +266,12 @@ class Relay:
                         upstream.name, key + 1, keys, error.status or "an error event", KEY_REJECTED_COOLDOWN // 60)
         else:
             self.breaker.record(upstream.name, error)
+
+    def _skip_if_spent(self, upstream: Provider, key: int, usage: Usage) -> None:
+        """Skip a key the upstream says has nothing left until its limit resets: avoid the 429, not suffer it."""
+        if usage.key_exhausted_for:
+            name = key_name(upstream.name, key) if upstream.api_keys else upstream.name
+            self.breaker.cool(name, usage.key_exhausted_for, RATE_LIMITED)
 
     @staticmethod
     def _next_key_may_answer(record: ReplyRecord) -> bool:

@@ -32,6 +32,8 @@ class Usage:
 
     input_tokens: int | None = None
     output_tokens: int | None = None
+    #: Seconds until the key's spent rate limit resets, when the upstream's headers said nothing is left.
+    key_exhausted_for: float | None = None
 
 
 @dataclass

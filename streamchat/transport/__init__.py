@@ -6,7 +6,8 @@ chunked-coding decoder), ``socket_reader`` (gevent's socket waited on with one
 watcher and one timer per stream), ``pool`` (idle-connection checks without
 the event loop) and ``failures`` (every ``requests``/``urllib3``/socket
 failure, HTTP error status and in-stream error object named in the
-``streamchat.errors`` tree). Nothing here knows a provider or a web framework.
+``streamchat.errors`` tree) and ``rate_limits`` (what an upstream's headers say
+is left of a key's limits). Nothing here knows a provider or a web framework.
 
 This package and ``streamchat.server`` are the only places that reach into
 libraries' private attributes. What this package relies on, to check when

@@ -31,6 +31,7 @@ import requests
 from ...errors import BadStream, ProviderError, UpstreamTimeout
 from ...transport.body import ChunkedBody, raw_reader
 from ...transport.failures import error_for_status, is_read_timeout, translate_errors
+from ...transport.rate_limits import exhausted_for
 from ...transport.session import send_json
 from ..provider_facts import ProviderFacts
 from ..sse import ServerSentEvent, SSEDecoder
@@ -184,6 +185,7 @@ class HTTPProvider(Provider):
                 if response.status_code != 200:
                     raise error_for_status(self.name, response.status_code, response.headers,
                                            response.raw.read(ERROR_BODY_LIMIT))
+                usage.key_exhausted_for = exhausted_for(response.headers)
                 if response.headers.get("content-type", "").startswith("application/json"):
                     yield self._json_reply(response, usage)
                     return

@@ -27,6 +27,7 @@ overrides the defaults (set on the command line) with any of:
     newline     "\\n" (default), "\\r\\n" or "\\r"
     body_file   replay this file as the SSE body, byte for byte (recorded real streams)
     set_cookie  send this Set-Cookie header with the stream (as Cloudflare in front of OpenAI does)
+    headers     more response headers with the stream, e.g. {"x-ratelimit-remaining-requests": "0"}
     framing     "chunked" (default); "close": no length, the body ends when the connection closes
                 (HTTP/1.0 style); "chunked-close": chunked, with Connection: close; "gzip": chunked and
                 gzip-compressed, flushed at every write
@@ -365,6 +366,7 @@ class _Reply:
             return
         content_type = "text/html" if fault == "not_sse" else "text/event-stream; charset=utf-8"
         extra = f"Set-Cookie: {self.params['set_cookie']}\r\n" if "set_cookie" in self.params else ""
+        extra += "".join(f"{name}: {value}\r\n" for name, value in self.params.get("headers", {}).items())
         if self.framing in ("close", "chunked-close"):
             extra += "Connection: close\r\n"
         if self.framing != "close":
