@@ -56,3 +56,34 @@ def test_without_redis_each_worker_keeps_its_own_breaker_and_says_so(log_dir, fa
         health = json.loads(request(server.url, "GET", "/healthz")[2])
         assert health["status"] == "ok" and health["shared"]["redis"] == "none"
         assert "set REDIS_URL to share them" in health["shared"]["note"]
+
+
+def test_a_rate_limited_key_of_a_named_upstream_is_skipped_by_every_worker_of_both_instances(
+        log_dir, redis_server, fake, tmp_path):
+    upstreams = tmp_path / "upstreams.yaml"
+    upstreams.write_text(f"""
+upstreams:
+  - name: groq
+    protocol: openai
+    base_url: {fake.url}/v1
+    api_keys: ["${{KEY_A}}", "${{KEY_B}}"]
+""")
+    env = dict(UPSTREAMS_PATH=str(upstreams), KEY_A="shared-key-aaaa", KEY_B="shared-key-bbbb",
+               REDIS_URL=redis_server.url, LLM_COOLDOWN="120")
+    client = redis_server.client()
+    with Gunicorn(log_dir, workers=2, **env) as a, Gunicorn(log_dir, workers=2, **env) as b:
+        assert eventually(lambda: client.pubsub_numsub("streamchat:breaker")[0][1] == 4)
+        limited = {"keys": {"shared-key-aaaa": {"status": 429, "retry_after": 100}}}
+        # Each worker's turn starts at key A: the first request to reach a worker meets its 429.
+        for _ in range(4):
+            assert chat(a, id="key-429", **limited)[1] == "live"  # answered by key B, unnoticed
+            if client.pttl("streamchat:breaker:groq#1") > 0:
+                break
+        assert 90_000 < client.pttl("streamchat:breaker:groq#1") <= 120_000
+        for n in range(8):  # every worker of both instances skips key A now
+            server = (a, b)[n % 2]
+            assert chat(server, id=f"key-after-{n}", **limited)[1] == "live"
+        assert {fake.find(f"key-after-{n}").key_end for n in range(8)} == {"bbbb"}
+        health = json.loads(request(b.url, "GET", "/healthz")[2])
+        assert health["cooling_down"]["groq#1"]["reason"] == "rate_limited"
+        assert health["providers"][0]["keys_cooling"] == 1 and health["providers"][0]["state"] == "ready"

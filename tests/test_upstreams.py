@@ -234,3 +234,22 @@ def test_a_spent_limit_is_read_from_either_naming_scheme(headers, seconds):
     now = 1796637600.0  # 2026-12-07T10:00:00Z
     found = exhausted_for(headers, now=now)
     assert (found is None and seconds is None) or found == pytest.approx(seconds)
+
+
+def test_metrics_count_failures_and_cooling_keys_by_upstream():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from app import create_app
+
+    groq = FakeProvider(name="groq", keys=2)
+    client = create_app({"METRICS_TOKEN": "metrics-token-for-upstreams", "CHAT_RATE_LIMIT": "off",
+                         "RESUME_GRACE": "0"}, providers=[groq]).test_client()
+    groq.enqueue(then=RateLimited("429", retry_after=60))
+    with client.post("/api/chat", json={"messages": HELLO}) as response:
+        assert response.get_data() and response.headers["X-Terminal-Provider"] == "groq"
+    exposition = client.get("/metrics", headers={"Authorization": "Bearer metrics-token-for-upstreams"})
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(exposition.get_data(as_text=True)) for s in family.samples}
+    assert samples[("streamchat_upstream_keys_cooling", (("gen_ai_provider_name", "groq"),))] == 1
+    assert samples[("streamchat_upstream_failures_total",
+                    (("gen_ai_provider_name", "groq"), ("reason", "rate_limited")))] >= 1

@@ -86,6 +86,9 @@ class Metrics:
             [PROVIDER, "reason"])
         self.breaker_until = Gauge(BREAKER_UNTIL, "Unix time until which a worker skips the provider (0: never).",
                                    [PROVIDER], multiprocess_mode="livemax")
+        self.keys_cooling = Gauge("streamchat_upstream_keys_cooling",
+                                  "Keys of an upstream that are skipped now (rate-limited, spent or refused).",
+                                  [PROVIDER], multiprocess_mode="livemax")
         self.rate_limited = Counter("streamchat_rate_limited", "Requests refused with a 429 by the rate limit.",
                                     ["endpoint"])
         self.budget_denied = Counter("streamchat_budget_denied",
@@ -144,6 +147,7 @@ class Metrics:
             for provider in relay.chain:
                 entry = state.get(provider.name)
                 self.breaker_until.labels(provider.name).set(now + float(entry["retry_in"]) if entry else 0)
+                self.keys_cooling.labels(provider.name).set(relay.router.cooling_keys(provider))
 
     # -- exposing -----------------------------------------------------------------------------
 
