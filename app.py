@@ -16,6 +16,7 @@ from streamchat.domain.providers import Provider, build_chain
 from streamchat.domain.relay import Relay
 from streamchat.domain.rules import SAMPLE_NOTE, RulesStore
 from streamchat.redaction import remember_secrets
+from streamchat.server.disconnect import interrupter
 from streamchat.server.drain import DRAIN
 from streamchat.shared import redis as shared_redis
 from streamchat.shared.breaker import SharedBreaker
@@ -53,7 +54,8 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     rules.current()
     chain = list(providers) if providers is not None else build_chain(settings)
     shared = shared_redis.connect(settings.redis_url, settings.redis_timeout) if settings.redis_url else None
-    relay = Relay(chain, rules, _breaker(settings, shared), settings.fallback_word_delay)
+    relay = Relay(chain, rules, _breaker(settings, shared), settings.fallback_word_delay,
+                  hedge_after=settings.llm_hedge_after, interrupter=interrupter)
     relay.listeners.append(access.log_reply)
     if metrics is not None:
         metrics.watch(relay)

@@ -265,6 +265,10 @@ class Settings:
     llm_connect_timeout: float = _setting(_seconds, "5", "Seconds to open the upstream connection.")
     llm_first_token_timeout: float = _setting(
         _seconds, "12", "Seconds to wait for the first text before falling back (Heroku drops silent requests at 30 s).")
+    llm_hedge_after: float = _setting(
+        _non_negative_seconds, "0", "Seconds the chosen upstream may take to write its first text before the next "
+        "candidate is started beside it; the first to write answers and the other is closed at once (one hedge "
+        "per reply; it reserves tokens like any call). `0`: off.", example="1.5")
     llm_idle_timeout: float = _setting(_seconds, "20", "Seconds of upstream silence tolerated between chunks.")
     llm_max_duration: float = _setting(_seconds, "300", "Seconds after which a reply is cut short.")
     llm_cooldown: float = _setting(

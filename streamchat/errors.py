@@ -19,6 +19,8 @@ and mapped from ``requests``/``urllib3`` exceptions in exactly one place
     ReplyStopped                   nobody's failure: someone asked to stop the reply (the stop endpoint)
     ServiceRestarting              nobody's failure: the worker is shutting down and its drain time is up
                                    (``streamchat.server.drain``); the reply is cut short with a notice
+    HedgeLost                      nobody's failure: the other upstream of a hedged pair wrote first
+                                   (``streamchat.domain.hedging``); this one's request is closed
 
 The view never shows these to the user: before the first byte it tries the
 next provider and then the rules responder; after it, the body ends with a
@@ -90,6 +92,10 @@ class ReplyStopped(Exception):
 
 class ServiceRestarting(Exception):
     """The worker is restarting and the reply ran past its drain time: it is cut short here, with a notice."""
+
+
+class HedgeLost(Exception):
+    """Another upstream answered this reply first (a hedged first token): this upstream's request is closed."""
 
 
 class BadStream(ProviderError):

@@ -253,3 +253,94 @@ def test_metrics_count_failures_and_cooling_keys_by_upstream():
     assert samples[("streamchat_upstream_keys_cooling", (("gen_ai_provider_name", "groq"),))] == 1
     assert samples[("streamchat_upstream_failures_total",
                     (("gen_ai_provider_name", "groq"), ("reason", "rate_limited")))] >= 1
+
+
+# -- hedged first tokens -------------------------------------------------------------------------------------
+
+def hedged_relay(*providers, after=0.05):
+    relay = relay_of(*providers)
+    relay.hedge_after = after
+    return relay
+
+
+def test_a_slow_first_token_gets_the_next_candidate_beside_it_and_the_first_to_write_answers():
+    slow, fast = FakeProvider(name="slow"), FakeProvider(name="fast", tier=2)
+    slow.enqueue("late", wait=1.0)
+    fast.enqueue("quick")
+    relay = hedged_relay(slow, fast)
+    reply = relay.open(HELLO)
+    assert "".join(reply.text()) == "quick"
+    reply.close()
+    assert (reply.record.provider, reply.record.hedge, reply.record.hedge_won) == ("fast", "fast", True)
+    assert reply.record.failures == []  # being slow is not a failure: nothing cools down
+    from servers import eventually
+
+    assert eventually(lambda: slow.history[0].closed, 5)  # the loser's request is closed (here, once it wakes)
+    assert relay.breaker.state() == {}
+
+
+def test_the_chosen_upstream_may_still_win_and_there_is_one_hedge_per_reply():
+    first, second, third = FakeProvider(name="a"), FakeProvider(name="b", tier=2), FakeProvider(name="c", tier=3)
+    first.enqueue("from a", wait=0.2)
+    second.enqueue("from b", wait=5)
+    relay = hedged_relay(first, second, third)
+    record = answer(relay)
+    assert (record.provider, record.hedge, record.hedge_won) == ("a", "b", False)
+    assert third.history == []  # one hedge: c was never started
+
+
+def test_no_hedge_starts_when_the_budget_would_not_allow_it():
+    slow, fast = FakeProvider(name="slow"), FakeProvider(name="fast", tier=2)
+    slow.enqueue("late", wait=0.3)
+    relay = hedged_relay(slow, fast)
+    reply = relay.open(HELLO, may_hedge=lambda: False)
+    assert "".join(reply.text()) == "late" and reply.record.hedge == "" and fast.history == []
+    reply.close()
+
+
+def test_a_hedge_failing_leaves_the_chosen_one_to_answer_and_a_failing_chosen_one_leaves_the_hedge():
+    slow, broken = FakeProvider(name="slow"), FakeProvider(name="broken", tier=2)
+    slow.enqueue("late", wait=0.3)
+    broken.enqueue(then=UpstreamServerError("500"))
+    record = answer(hedged_relay(slow, broken))
+    assert (record.provider, record.hedge, record.failures) == ("slow", "broken", [("broken", "upstream_error")])
+    failing, hedge = FakeProvider(name="failing"), FakeProvider(name="hedge", tier=2)
+    failing.enqueue(then=UpstreamServerError("500"), wait=0.3)
+    hedge.enqueue("hedged", wait=0.6)
+    record = answer(hedged_relay(failing, hedge))
+    assert (record.provider, record.hedge_won, record.failures) == ("hedge", True, [("failing", "upstream_error")])
+
+
+def test_a_hedge_reserves_tokens_like_any_call_and_settles_on_the_prompt_it_was_sent():
+    from app import create_app
+
+    slow, fast = FakeProvider(name="slow"), FakeProvider(name="fast", tier=2)
+    records = []
+    app = create_app({"CHAT_RATE_LIMIT": "off", "RESUME_GRACE": "0", "LLM_HEDGE_AFTER": "0.05",
+                      "LLM_TOKEN_BUDGET_PER_CLIENT": "1000/day", "LLM_MAX_TOKENS": "100"}, providers=[slow, fast])
+    app.extensions["streamchat"].relay.listeners.append(records.append)
+    client = app.test_client()
+    slow.enqueue("late", wait=1.0)
+    fast.enqueue("quick")
+    with client.post("/api/chat", json={"messages": HELLO}) as response:
+        assert response.get_data() == b"quick"
+        # Two reservations of 103 were taken before the answer came: the header says so.
+        assert response.headers["X-Token-Budget-Remaining"] == str(1000 - 2 * 103)
+    [record] = records
+    assert record.hedge == "fast" and record.tokens.hedge.settled and record.tokens.reservation.settled
+    with client.post("/api/chat", json={"messages": HELLO}) as again:  # the default reply, no hedge needed
+        again.get_data()
+    spent = record.input_tokens + record.output_tokens + record.input_tokens  # the reply, and the loser's prompt
+    assert int(again.headers["X-Token-Budget-Remaining"]) == 1000 - spent - 103
+
+
+def test_no_hedge_when_its_tokens_do_not_fit_the_budget():
+    from app import create_app
+
+    slow, fast = FakeProvider(name="slow"), FakeProvider(name="fast", tier=2)
+    app = create_app({"CHAT_RATE_LIMIT": "off", "RESUME_GRACE": "0", "LLM_HEDGE_AFTER": "0.05",
+                      "LLM_TOKEN_BUDGET_PER_CLIENT": "150/day", "LLM_MAX_TOKENS": "100"}, providers=[slow, fast])
+    slow.enqueue("late", wait=0.3)
+    with app.test_client().post("/api/chat", json={"messages": HELLO}) as response:
+        assert response.get_data() == b"late" and response.headers["X-Terminal-Provider"] == "slow"
+    assert fast.history == []

@@ -107,3 +107,34 @@ def test_a_key_reporting_nothing_left_is_skipped_until_its_reset(routed, fake):
     assert [r.protocol for r in fake.records if r.id == "u-spent-after"] == ["anthropic"]  # no 429 was suffered
     groq = groq_health(routed)
     assert (groq["keys_cooling"], groq["state"]) == (2, "cooling_down")
+
+
+HEDGED = """
+upstreams:
+  - name: slow
+    protocol: anthropic
+    base_url: {url}
+    api_key: "${{CLAUDE_KEY}}"
+  - name: fast
+    protocol: openai
+    base_url: {url}/v1
+    tier: 2
+"""
+
+
+def test_a_slow_first_token_is_hedged_and_the_loser_s_request_closed_at_once(fake, log_dir, tmp_path):
+    path = tmp_path / "hedged.yaml"
+    path.write_text(HEDGED.format(url=fake.url))
+    with Gunicorn(log_dir, UPSTREAMS_PATH=str(path), CLAUDE_KEY="claude-key-0002", LLM_HEDGE_AFTER="0.3",
+                  LLM_FIRST_TOKEN_TIMEOUT="8", RESUME_GRACE="0") as server:
+        status, headers, body = ask(server, "u-hedge", text="quick answer", anthropic={"first_token_ms": 6000})
+        assert (status, body, headers["X-Terminal-Provider"]) == (200, "quick answer", "fast")
+        slow = next(r for r in fake.records if r.id == "u-hedge" and r.protocol == "anthropic")
+        # Closed by the service long before its first token was due, with nothing of its reply written.
+        assert fake.wait_for(lambda: slow.peer_closed is not None, 3) and slow.tokens_sent == 0
+        line = eventually(lambda: next((l for l in server.access_lines() if "hedge=" in l), None))
+        assert "hedge=fast:won" in line and "provider=fast" in line and "failures=-" in line
+        # The chosen upstream answering before the hedge is due: no hedge at all.
+        status, headers, body = ask(server, "u-no-hedge", text="in time")
+        assert headers["X-Terminal-Provider"] == "slow" and [r.protocol for r in fake.records
+                                                             if r.id == "u-no-hedge"] == ["anthropic"]

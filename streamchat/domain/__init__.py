@@ -2,7 +2,8 @@
 
 ``relay`` (who answers, the reply as a stream of ``str``, the listeners of
 finished replies), ``routing`` (which upstream and which of its keys a request
-tries, by tier, weight and turn), ``upstreams`` (the named upstreams of
+tries, by tier, weight and turn), ``hedging`` (waiting on two upstreams at
+once when the first is slow to write), ``upstreams`` (the named upstreams of
 ``UPSTREAMS_PATH``, checked), ``record`` (the typed ``ReplyRecord``: who asked, who
 answered, what it cost, how it ended), ``breaker`` (the circuit breaker),
 ``providers`` (the provider contract and the upstream APIs),

@@ -44,6 +44,7 @@ class TokenHold:
 
     remaining: int | None = None  # the X-Token-Budget-Remaining header; None: no budget applies
     reservation: Reservation | None = None  # None: nothing set aside (no model could answer, or it did not fit)
+    hedge: Reservation | None = None  # what a hedge set aside: it pays for the prompt the losing request was sent
 
 
 @dataclass
@@ -67,5 +68,7 @@ class ReplyRecord:
     ended: str = OPEN
     cut_reason: str = ""  # with cut_short: the X-Terminal-Reason-style slug of what broke
     failures: list[tuple[str, str]] = field(default_factory=list)  # (provider, reason), in chain order
+    hedge: str = ""  # the upstream started beside a slow one (LLM_HEDGE_AFTER), if any
+    hedge_won: bool = False  # whether that hedge wrote first and answered
     caller: Caller | None = None  # None for a reply no web request asked for
     tokens: TokenHold = field(default_factory=TokenHold)

@@ -19,17 +19,19 @@ ends.
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import time
 from typing import Any, Callable, Iterator, Protocol
 
-from ..errors import ClientDisconnected, ProviderError, RateLimited, ReplyStopped, ServiceRestarting
+from ..errors import ClientDisconnected, HedgeLost, ProviderError, RateLimited, ReplyStopped, ServiceRestarting
 from ..redaction import url_without_secrets
 from .breaker import CircuitBreaker
 from .providers import Provider
 from .providers.base import DEFAULT_OPTIONS, Options
 from .record import (CLIENT_GONE, COMPLETE, COOLING_DOWN, CUT_SHORT, INTERNAL_ERROR, OPEN, RESTARTING,
                      STOPPED, ReplyRecord)
+from .hedging import Attempt, Interrupter
 from .routing import KEY_REJECTED_COOLDOWN, Router, key_name
 from .usage import Usage, estimate_tokens
 
@@ -169,37 +171,60 @@ class Relay:
     """The provider chain, the circuit breaker and the rules responder behind it."""
 
     def __init__(self, chain: list[Provider], rules: Responder, breaker: CircuitBreaker,
-                 fallback_delay: float = 0.0):
+                 fallback_delay: float = 0.0, hedge_after: float = 0.0, interrupter: Interrupter | None = None):
         self.open_streams = OpenStreams()
         self.chain = chain
         self.rules = rules
         self.breaker = breaker
         self.router = Router(chain, breaker)
+        #: Seconds a candidate may stay silent before the next one starts beside it (0: never; ``hedging``).
+        self.hedge_after = hedge_after
+        self.interrupter = interrupter  # how a hedged pair's loser is closed at once (server.disconnect)
         self.fallback_delay = fallback_delay
         #: Called with each reply's final ``ReplyRecord`` when it closes.
         self.listeners: list[Callable[[ReplyRecord], None]] = []
 
     def open(self, messages: list[dict[str, str]], *, on_close: Callable[[], None] | None = None,
              live_denied: str | None = None, record: ReplyRecord | None = None,
-             options: Options = DEFAULT_OPTIONS, prefer: str | None = None) -> Reply:
+             options: Options = DEFAULT_OPTIONS, prefer: str | None = None,
+             may_hedge: Callable[[], bool] | None = None) -> Reply:
         """Return a reply from the first provider that produces text in time, else from the rules.
 
         ``on_close`` runs once the reply no longer streams (or if choosing raises).
         ``live_denied`` is a reason (such as ``"budget"``) to answer from the rules
         without trying any provider. ``record`` carries the caller's start time and tags.
-        ``options`` go to the provider; ``prefer`` names a provider to try first.
+        ``options`` go to the provider; ``prefer`` names a provider to try first. ``may_hedge`` is asked
+        before a hedge starts (it reserves the hedge's tokens, and says False when they do not fit).
         """
         try:
-            return self._open(messages, on_close, live_denied, record or ReplyRecord(), options, prefer)
+            return self._open(messages, on_close, live_denied, record or ReplyRecord(), options, prefer, may_hedge)
         except BaseException:
             if on_close is not None:
                 on_close()  # no reply will run it
             raise
 
     def _open(self, messages, on_close, live_denied, record: ReplyRecord, options: Options,
-              prefer: str | None) -> Reply:
+              prefer: str | None, may_hedge: Callable[[], bool] | None) -> Reply:
         reasons: list[str] = []  # why each candidate did not answer, in the order they were tried
-        for upstream in self.router.upstreams(prefer) if live_denied is None else ():
+        if live_denied is None:
+            candidates = self._candidates(prefer, record, reasons)
+            if self.hedge_after > 0:
+                reply = self._first_of_hedged(candidates, messages, options, record, reasons, on_close, may_hedge)
+            else:
+                reply = self._first_of(candidates, messages, options, record, reasons, on_close)
+            if reply is not None:
+                return reply
+        # The first failure is the one the site owner configured first: report that one.
+        record.mode, record.provider = "fallback", "rules"
+        record.reason = reasons[0] if reasons else live_denied or "no_provider"
+        record.rule, text = self.rules.reply(messages)
+        pieces = word_groups(text, FALLBACK_WORDS_PER_CHUNK, self.fallback_delay)
+        return Reply(record, next(pieces, ""), pieces, on_close, self)
+
+    def _candidates(self, prefer: str | None, record: ReplyRecord,
+                    reasons: list[str]) -> Iterator[tuple[Provider, int]]:
+        """Yield (upstream, key position) in the order the router gives, noting the ones skipped and why."""
+        for upstream in self.router.upstreams(prefer):
             skip = self.breaker.skip_reason(upstream.name)
             if skip:
                 reasons.append(skip)
@@ -211,43 +236,95 @@ class Relay:
                 record.failures.append((upstream.name, COOLING_DOWN))
                 continue
             for key in keys:
-                reply = self._try(upstream, key, messages, options, record, reasons, on_close)
-                if reply is not None:
-                    return reply
-                if not self._next_key_may_answer(record):
-                    break  # the upstream's own fault: its other keys would meet it too
-        # The first failure is the one the site owner configured first: report that one.
-        record.mode, record.provider = "fallback", "rules"
-        record.reason = reasons[0] if reasons else live_denied or "no_provider"
-        record.rule, text = self.rules.reply(messages)
-        pieces = word_groups(text, FALLBACK_WORDS_PER_CHUNK, self.fallback_delay)
-        return Reply(record, next(pieces, ""), pieces, on_close, self)
+                yield upstream, key
+                if not self._next_key_may_answer(record, upstream):
+                    break
 
-    def _try(self, upstream: Provider, key: int, messages, options: Options, record: ReplyRecord,
-             reasons: list[str], on_close) -> Reply | None:
-        """Ask ``upstream`` with its key ``key`` for its first text: the reply, or None (why is noted)."""
-        who = key_name(upstream.name, key) if len(upstream.api_keys) > 1 else upstream.name
-        usage = Usage()
-        stream = upstream.stream(messages, options, usage, key)
-        try:
+    def _first_of(self, candidates, messages, options: Options, record: ReplyRecord, reasons: list[str],
+                  on_close) -> Reply | None:
+        """Ask each candidate in turn, in this greenlet, for its first text: the first reply, or None."""
+        for upstream, key in candidates:
+            usage = Usage()
+            stream = upstream.stream(messages, options, usage, key)
             try:
-                first = next(stream)
-            finally:
-                self._skip_if_spent(upstream, key, usage)
-        except ProviderError as exc:
-            self._cool(upstream, key, exc)
-            reasons.append(exc.reason)
-            record.failures.append((who, exc.reason))
-            log.warning("%s failed before the first text: %s", who, exc)
-            return None
-        except ClientDisconnected:
+                first, error = next(stream), None
+            except ClientDisconnected:
+                raise
+            except Exception as exc:
+                first, error = None, exc
+            if self._noted(upstream, key, usage, error, record, reasons):
+                return self._reply(upstream, first, stream, usage, messages, record, on_close)
+        return None
+
+    def _first_of_hedged(self, candidates, messages, options: Options, record: ReplyRecord, reasons: list[str],
+                         on_close, may_hedge: Callable[[], bool] | None) -> Reply | None:
+        """As ``_first_of``, but a candidate silent for ``hedge_after`` seconds gets the next one beside it."""
+        finished: queue.SimpleQueue[Attempt] = queue.SimpleQueue()
+        running: list[Attempt] = []
+        put_back: list[tuple[Provider, int]] = []
+        hedge_chance = True  # one hedge per reply at most
+
+        def start(candidate: tuple[Provider, int]) -> Attempt:
+            upstream, key = candidate
+            usage = Usage()
+            return Attempt(upstream, key, upstream.stream(messages, options, usage, key), usage, finished,
+                           self.interrupter)
+
+        try:
+            while True:
+                if not running:
+                    candidate = put_back.pop() if put_back else next(candidates, None)
+                    if candidate is None:
+                        return None
+                    running.append(start(candidate))
+                try:
+                    attempt = finished.get(timeout=self.hedge_after if hedge_chance and len(running) == 1 else None)
+                except queue.Empty:  # the chosen upstream is slow: start the next candidate beside it
+                    hedge_chance = False
+                    candidate = next(candidates, None)
+                    if candidate is not None and (may_hedge is None or may_hedge()):
+                        running.append(start(candidate))
+                        record.hedge = candidate[0].name
+                    elif candidate is not None:
+                        put_back.append(candidate)
+                    continue
+                running.remove(attempt)
+                if self._noted(attempt.upstream, attempt.key, attempt.usage, attempt.error, record, reasons):
+                    for other in running:
+                        other.cancel()
+                    record.hedge_won = bool(record.hedge) and attempt.upstream.name == record.hedge
+                    return self._reply(attempt.upstream, attempt.first, attempt.stream, attempt.usage, messages,
+                                       record, on_close)
+        except BaseException:  # the client left while we waited: nobody reads either answer
+            for other in running:
+                other.cancel()
             raise
-        except Exception:  # a bug in provider code costs this reply its live answer, never the user's reply
+
+    def _noted(self, upstream: Provider, key: int, usage: Usage, error: BaseException | None, record: ReplyRecord,
+               reasons: list[str]) -> bool:
+        """Note how a candidate's wait for its first text ended; True when it produced text."""
+        self._skip_if_spent(upstream, key, usage)
+        if error is None:
+            self.breaker.record(upstream.name, None)
+            return True
+        who = key_name(upstream.name, key) if len(upstream.api_keys) > 1 else upstream.name
+        if isinstance(error, HedgeLost):
+            return False  # the other one of the pair answered: nothing to note
+        if isinstance(error, ProviderError):
+            self._cool(upstream, key, error)
+            reasons.append(error.reason)
+            record.failures.append((who, error.reason))
+            log.warning("%s failed before the first text: %s", who, error)
+        elif isinstance(error, Exception):  # a bug in provider code costs this reply its live answer, never the user's
             reasons.append(INTERNAL_ERROR)
             record.failures.append((who, INTERNAL_ERROR))
-            log.exception("provider %s failed unexpectedly before the first text", upstream.name)
-            return None
-        self.breaker.record(upstream.name, None)
+            log.error("provider %s failed unexpectedly before the first text", upstream.name, exc_info=error)
+        else:
+            raise error  # GreenletExit, KeyboardInterrupt...: not the provider's to answer for
+        return False
+
+    def _reply(self, upstream: Provider, first, stream, usage: Usage, messages, record: ReplyRecord,
+               on_close) -> Reply:
         record.provider, record.model = upstream.name, upstream.model
         # What was sent: the conversation and the provider's own system prompt (the reservation counts both).
         record.input_tokens = estimate_tokens(sum(len(message["content"]) for message in messages)
@@ -274,9 +351,14 @@ class Relay:
             self.breaker.cool(name, usage.key_exhausted_for, RATE_LIMITED)
 
     @staticmethod
-    def _next_key_may_answer(record: ReplyRecord) -> bool:
-        # A 429 or a refused key is about that key: the upstream's next key may answer at once.
-        return bool(record.failures) and record.failures[-1][1] in (RATE_LIMITED, AUTH_REJECTED)
+    def _next_key_may_answer(record: ReplyRecord, upstream: Provider) -> bool:
+        # A 429 or a refused key is about that key: the upstream's next key may answer at once. Anything
+        # else (its own fault, or no answer yet because the next candidate is wanted beside it: a hedge)
+        # goes on to the next upstream.
+        if not record.failures:
+            return False
+        who, reason = record.failures[-1]
+        return who.split("#", 1)[0] == upstream.name and reason in (RATE_LIMITED, AUTH_REJECTED)
 
     def health(self) -> dict[str, Any]:
         """Return what ``/healthz`` shows of the relay: providers, cool-downs, open streams, rules."""

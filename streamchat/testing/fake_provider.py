@@ -4,6 +4,7 @@
     fake.enqueue("Hello", " there")                       # a reply in two pieces
     fake.enqueue(then=RateLimited("429"))                 # no text: the rules answer
     fake.enqueue("Half a repl", then=UpstreamTimeout("")) # cut short after its text
+    fake.enqueue("Late", wait=2.0)                        # a first text that takes two seconds
     app = create_app({...}, providers=[fake])
     ...
     fake.history[0].messages, fake.history[0].closed
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -47,22 +49,25 @@ class FakeProvider(Provider):
         self.model = model
         self.base_url = "in-process"
         self.history: list[FakeCall] = []
-        self._queue: deque[tuple[tuple[str, ...], ProviderError | None]] = deque()
+        self._queue: deque[tuple[tuple[str, ...], ProviderError | None, float]] = deque()
 
-    def enqueue(self, *pieces: str, then: ProviderError | None = None) -> "FakeProvider":
-        """Queue a reply yielding ``pieces`` in turn, then raising ``then`` if given."""
-        self._queue.append((pieces, then))
+    def enqueue(self, *pieces: str, then: ProviderError | None = None, wait: float = 0.0) -> "FakeProvider":
+        """Queue a reply yielding ``pieces`` in turn (the first after ``wait`` seconds), then raising ``then``."""
+        self._queue.append((pieces, then, wait))
         return self
 
     def stream(self, messages: list[dict[str, str]], options: Options = DEFAULT_OPTIONS,
                usage: Usage | None = None, key: int = 0) -> Iterator[str]:
-        pieces, then = self._queue.popleft() if self._queue else (DEFAULT_REPLY, None)
+        pieces, then, wait = self._queue.popleft() if self._queue else (DEFAULT_REPLY, None, 0.0)
         call = FakeCall(messages=list(messages), options=options, key=key)
         self.history.append(call)
-        return self._stream(call, pieces, then)
+        return self._stream(call, pieces, then, wait)
 
-    def _stream(self, call: FakeCall, pieces: tuple[str, ...], then: ProviderError | None) -> Iterator[str]:
+    def _stream(self, call: FakeCall, pieces: tuple[str, ...], then: ProviderError | None,
+                wait: float) -> Iterator[str]:
         try:
+            if wait:
+                time.sleep(wait)
             for piece in pieces:
                 call.yielded.append(piece)
                 yield piece

@@ -18,7 +18,8 @@ even read):
 4. the client watch (``server.disconnect``): a client that leaves while the
    model is awaited ends the wait, except for a recorded reply, which
    outlives its client for ``RESUME_GRACE``;
-5. the relay: the first provider that produces text in time, else the rules.
+5. the relay: the first provider that produces text in time (with ``LLM_HEDGE_AFTER``, the next one
+   started beside a slow one, its tokens reserved by ``guards.budgets.hedge_reserver``), else the rules.
 
 Adding a wire format touches only its parser (``surfaces``) and its framer
 (``framing``).
@@ -39,7 +40,7 @@ from ..server.disconnect import watch_client
 from ..shared.streams import StreamRecords
 from .framing.recorded import recorded_response
 from .framing.response import reply_response, whole_response
-from .guards.budgets import release_tokens, reserve_tokens
+from .guards.budgets import hedge_reserver, release_tokens, reserve_tokens
 from .operations.access import caller, request_started
 from .service import service
 
@@ -84,7 +85,9 @@ def open_reply(asked: ChatRequest) -> OpenedReply:
     prefer = next((p.name for p in svc.relay.chain if asked.model in (p.model, p.name)), None) if asked.model else None
     try:
         reply = svc.relay.open(messages, on_close=watch.stop if watch else None, live_denied=live_denied,
-                               record=record, options=asked.options, prefer=prefer)
+                               record=record, options=asked.options, prefer=prefer,
+                               may_hedge=hedge_reserver(svc.tokens, record.tokens, asked.client, messages, settings,
+                                                        asked.options.max_tokens))
     except BaseException:
         release_tokens(svc.tokens, record.tokens)
         raise

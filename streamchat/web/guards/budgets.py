@@ -94,15 +94,35 @@ def token_settler(tokens: TokenBudgets):
     """Return the relay listener that settles each reply's reservation on the tokens it used."""
 
     def settle_tokens(record: ReplyRecord) -> None:
+        live = record.mode == "live"
         reservation = record.tokens.reservation
         if reservation is not None:  # a fallback reply used nothing; a live one, its usage or estimate
-            used = record.input_tokens + record.output_tokens if record.mode == "live" else 0
-            tokens.settle(reservation, used)
+            tokens.settle(reservation, record.input_tokens + record.output_tokens if live else 0)
+        if record.tokens.hedge is not None:  # the request that lost the race was sent the prompt, and closed
+            tokens.settle(record.tokens.hedge, record.input_tokens if live else 0)
 
     return settle_tokens
 
 
 def release_tokens(tokens: TokenBudgets | None, hold: TokenHold) -> None:
-    """Give back a reservation whose reply never opened (the client left while the model was awaited)."""
-    if tokens is not None and hold.reservation is not None:
-        tokens.settle(hold.reservation, 0)
+    """Give back the reservations of a reply that never opened (the client left while the model was awaited)."""
+    for reservation in (hold.reservation, hold.hedge):
+        if tokens is not None and reservation is not None:
+            tokens.settle(reservation, 0)
+
+
+def hedge_reserver(tokens: TokenBudgets | None, hold: TokenHold, who: str, messages: list[dict[str, str]],
+                   settings: Settings, max_tokens: int | None):
+    """Return the relay's ``may_hedge``: reserve a hedge's tokens as for any call; False when they do not fit."""
+
+    def may_hedge() -> bool:
+        if tokens is None or not tokens.enabled:
+            return True
+        chars = sum(len(m["content"]) for m in messages) + len(settings.system_prompt or "")
+        limit = min(max_tokens, settings.llm_max_tokens) if max_tokens else settings.llm_max_tokens
+        hold.hedge, remaining = tokens.reserve(who, reservation_size(chars, limit))
+        if hold.hedge is not None:
+            hold.remaining = remaining
+        return hold.hedge is not None
+
+    return may_hedge

@@ -89,6 +89,9 @@ class Metrics:
         self.keys_cooling = Gauge("streamchat_upstream_keys_cooling",
                                   "Keys of an upstream that are skipped now (rate-limited, spent or refused).",
                                   [PROVIDER], multiprocess_mode="livemax")
+        self.hedges = Counter("streamchat_hedges", "Hedges started beside a slow upstream (LLM_HEDGE_AFTER), by the "
+                              "hedge's upstream and whether it answered (won) or was closed (lost).",
+                              [PROVIDER, "result"])
         self.rate_limited = Counter("streamchat_rate_limited", "Requests refused with a 429 by the rate limit.",
                                     ["endpoint"])
         self.budget_denied = Counter("streamchat_budget_denied",
@@ -127,6 +130,8 @@ class Metrics:
             self.tokens.labels(provider, record.model, "output", estimated).inc(record.output_tokens)
         elif record.reason == "budget":
             self.budget_denied.labels(endpoint).inc()
+        if record.hedge:
+            self.hedges.labels(record.hedge, "won" if record.hedge_won else "lost").inc()
         if record.failures:
             self._note_breakers()
 
