@@ -29,6 +29,7 @@ from bench.common import (HOST, ROOT, FloorProxy, Process, Proxy, Scraper, Servi
                           peak_rss_mb, per_million, percentile, ratio, settled_sockets, status_mb, wait_http,
                           wait_tcp)
 from bench.instances import Instances
+from bench.routing import Routing
 from bench.loadgen import build_request, concurrent_streams, looping_clients
 from streamchat.testing.fake_upstream import OpenAIWire, sse_event, tokens_of
 
@@ -409,6 +410,8 @@ TARGETS = [
                                              "tenth ≤ 1.2 × first"),
     ("tls", "tls_live", ">=", 1000, "1,000 streams from an HTTPS upstream: all live"),
     ("metrics", "on_vs_off", "<=", 1.03, "1,000 streams, metrics on and scraped each second: CPU per chunk ≤ 1.03 × off"),
+    ("routing", "routed_vs_single", "<=", 1.03, "1,000 streams through three weighted upstreams of two keys: CPU ≤ "
+                                                "1.03 × one upstream"),
 ]
 
 ABUSE = ["soak", "slow_heads", "never_read", "random_aborts", "counting"]
@@ -458,7 +461,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
-                                       "fallback,aborts,metrics,openai_api,markdown,tls, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
+                                       "fallback,aborts,metrics,openai_api,markdown,tls,routing,hedge, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
     parser.add_argument("--abuse", action="store_true",
                         help="run the soak, abuse and two-instance scenarios (about 15 minutes, 20 with --before)")
     parser.add_argument("--before", metavar="REV", help="also run REV's service in turn, in soak, counting and metrics")
@@ -483,6 +486,7 @@ def main() -> None:
                  "streams_1000": lambda: bench.concurrent(1000, floor=True), "bursts": bench.bursts,
                  "fallback": bench.fallback, "aborts": bench.aborts, "metrics": bench.metrics,
                  "openai_api": bench.openai_api, "markdown": markdown_render.run, "tls": bench.tls,
+                 "routing": Routing(bench).routing, "hedge": Routing(bench).hedge,
                  **{name: getattr(abuse, name) for name in ABUSE},
                  **{name: getattr(Instances(bench), name) for name in INSTANCES}}
     chosen = (args.only.split(",") if args.only else ABUSE + INSTANCES if args.abuse

@@ -32,6 +32,11 @@ def test_quick_benchmark_runs_every_scenario_and_writes_its_report(tmp_path):
     assert figures["streams_1000"]["floor_completed"] == 1000
     assert figures["streams_1000"]["floor_cpu_us_per_upstream_chunk"] > 0
     assert (figures["fallback"]["completed"], figures["fallback"]["modes"]) == (200, ["fallback"])
+    routing = figures["routing"]  # through three weighted upstreams as through one: every stream live
+    assert routing["routed1_live"] == routing["single1_live"] == routing["streams"]
+    hedge = figures["hedge"]  # one request in five is slow: hedging answers those from the second upstream
+    assert hedge["off_live"] == hedge["on_live"] == hedge["streams"] and hedge["off_hedges"] == 0
+    assert hedge["on_hedges"] >= hedge["streams"] // 5
     tls = figures["tls"]  # every stream live from the HTTPS upstream too, none failed over
     assert (tls["tls_live"], tls["plain_live"]) == (tls["streams"], tls["streams"])
     aborts = figures["aborts"]
