@@ -87,3 +87,55 @@ upstreams:
         health = json.loads(request(b.url, "GET", "/healthz")[2])
         assert health["cooling_down"]["groq#1"]["reason"] == "rate_limited"
         assert health["providers"][0]["keys_cooling"] == 1 and health["providers"][0]["state"] == "ready"
+
+
+THREE_UPSTREAMS = """
+upstreams:
+  - name: groq
+    protocol: openai
+    base_url: {groq}/v1
+    weight: 3
+  - name: mistral
+    protocol: openai
+    base_url: {mistral}/v1
+  - name: claude
+    protocol: anthropic
+    base_url: {claude}
+    api_key: "${{CLAUDE_KEY}}"
+    tier: 2
+"""
+
+
+def test_three_upstreams_tiers_and_weights_across_two_instances_and_a_failing_one_skipped_by_all(
+        log_dir, redis_server, tmp_path):
+    from streamchat.testing.fake_upstream import FakeUpstream
+
+    fakes = {name: FakeUpstream(defaults={"first_token_ms": 5, "interval_ms": 0, "tokens": 3}).start_in_thread()
+             for name in ("groq", "mistral", "claude")}
+    try:
+        upstreams = tmp_path / "upstreams.yaml"
+        upstreams.write_text(THREE_UPSTREAMS.format(**{name: fake.url for name, fake in fakes.items()}))
+        env = dict(UPSTREAMS_PATH=str(upstreams), CLAUDE_KEY="claude-key-0003", REDIS_URL=redis_server.url,
+                   LLM_COOLDOWN="120")
+        client = redis_server.client()
+        with Gunicorn(log_dir, workers=2, **env) as a, Gunicorn(log_dir, workers=2, **env) as b:
+            assert eventually(lambda: client.pubsub_numsub("streamchat:breaker")[0][1] == 4)
+
+            def answered_by(n: int, tag: str) -> list[str]:
+                return [request((a, b)[i % 2].url, "POST", "/api/chat", chat_body(f"{tag} {i}", id=f"{tag}-{i}"))[1]
+                        ["X-Terminal-Provider"] for i in range(n)]
+
+            first = answered_by(80, "w")
+            assert set(first) == {"groq", "mistral"}  # tier 2 is never needed while tier 1 answers
+            assert 45 <= first.count("groq") <= 75  # weight 3 against 1: three first picks in four
+            fakes["groq"].defaults["status"] = 500  # groq breaks
+            assert set(answered_by(10, "x")) == {"mistral"}  # the request that met groq's 500 went on to mistral
+            assert 100_000 < client.pttl("streamchat:breaker:groq") <= 120_000
+            asked = len(fakes["groq"].records)
+            assert set(answered_by(12, "y")) == {"mistral"}  # every worker of both instances skips groq
+            assert len(fakes["groq"].records) == asked
+            fakes["mistral"].defaults["status"] = 503  # the whole first tier down: the second tier answers
+            assert set(answered_by(6, "z")) == {"claude"}
+    finally:
+        for fake in fakes.values():
+            fake.stop()

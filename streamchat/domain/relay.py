@@ -334,8 +334,8 @@ class Relay:
     def _cool(self, upstream: Provider, key: int, error: ProviderError) -> None:
         """Cool what the error is about: the key for a 429 or a refused key, else the upstream itself."""
         keys = len(upstream.api_keys)
-        if isinstance(error, RateLimited) and keys > 1:
-            wait = max(self.breaker.cooldown, error.retry_after or 0.0)
+        if isinstance(error, RateLimited) and keys > 1:  # for its Retry-After, else LLM_COOLDOWN
+            wait = error.retry_after if error.retry_after is not None else self.breaker.cooldown
             self.breaker.cool(key_name(upstream.name, key), wait, error.reason)
         elif error.reason == AUTH_REJECTED and keys:
             self.breaker.cool(key_name(upstream.name, key), KEY_REJECTED_COOLDOWN, error.reason)
