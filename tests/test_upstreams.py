@@ -344,3 +344,14 @@ def test_no_hedge_when_its_tokens_do_not_fit_the_budget():
     with app.test_client().post("/api/chat", json={"messages": HELLO}) as response:
         assert response.get_data() == b"late" and response.headers["X-Terminal-Provider"] == "slow"
     assert fast.history == []
+
+
+def test_a_429_without_retry_after_waits_for_the_spent_limit_s_reset():
+    from streamchat.transport.failures import error_for_status
+
+    error = error_for_status("groq", 429, {"x-ratelimit-remaining-requests": "0",
+                                           "x-ratelimit-reset-requests": "7.5s"}, b"{}")
+    assert isinstance(error, RateLimited) and error.retry_after == 7.5
+    assert error_for_status("groq", 429, {"retry-after": "2", "x-ratelimit-remaining-requests": "0",
+                                          "x-ratelimit-reset-requests": "7.5s"}, b"{}").retry_after == 2
+    assert error_for_status("groq", 429, {}, b"{}").retry_after is None  # then LLM_COOLDOWN

@@ -18,6 +18,7 @@ import requests
 import urllib3.exceptions
 
 from .chunked import ChunkedFramingError
+from .rate_limits import exhausted_for
 from ..errors import (
     BadStream,
     ProviderError,
@@ -76,7 +77,10 @@ def error_for_status(provider: str, status: int, headers: Mapping[str, str], bod
     detail = _error_message(body) or f"HTTP {status}"
     message = f"{provider} answered {status}: {detail}"
     if status == 429:
-        return RateLimited(message, provider=provider, status=status, retry_after=parse_retry_after(headers))
+        # Retry-After, else the reset of the limit the rate-limit headers say is spent (OpenAI sends no Retry-After).
+        wait = parse_retry_after(headers)
+        return RateLimited(message, provider=provider, status=status,
+                           retry_after=wait if wait is not None else exhausted_for(headers))
     if status in (408, 504):
         return UpstreamTimeout(message, provider=provider, status=status)
     if status >= 500:
