@@ -235,17 +235,26 @@ class Bench:
         """1,000 streams through ``/v1/chat/completions`` and through ``/api/chat``, in turn twice: CPU per chunk."""
         count = 200 if self.quick else 1000
         key = "bench-service-key-0123456789"
+        env = dict(OPENAI_BASE_URL=f"http://{HOST}:{self.fake_port}/v1", SERVICE_API_KEYS=key, API_RATE_LIMIT="off")
+        figures = self.cpu_in_turn(count, {
+            "chat": (env, lambda service, tag: self.via_service(service, id=tag)),
+            "v1": (env, lambda service, tag: self.via_api(service, key, id=tag))})
+        figures["v1_vs_chat"] = ratio(figures["v11_cpu_s"] + figures["v12_cpu_s"],
+                                      figures["chat1_cpu_s"] + figures["chat2_cpu_s"])
+        return figures
+
+    def cpu_in_turn(self, count: int, modes: dict) -> dict:
+        """Run ``count`` streams through a new service per mode (``{mode: (env, make_for(service, tag))}``), the
+        modes in turn, twice: each run's completed and live streams and the worker's CPU seconds."""
         figures: dict = {"streams": count}
-        upstream = f"http://{HOST}:{self.fake_port}/v1"
         for turn in (1, 2):
-            for mode in ("chat", "v1"):
-                service = Service(self.logs, OPENAI_BASE_URL=upstream, SERVICE_API_KEYS=key, API_RATE_LIMIT="off")
-                make = self.via_service(service, id=f"api-{mode}{turn}") if mode == "chat" else \
-                    self.via_api(service, key, id=f"api-{mode}{turn}")
+            for mode, (env, make_for) in modes.items():
+                service = Service(self.logs, **env)
                 try:
                     cpu_before = service.cpu()
-                    results = self.run(concurrent_streams(HOST, service.port, make, count, direct=False, ramp=1.0,
-                                                          deadline=time.perf_counter() + 60))
+                    results = self.run(concurrent_streams(HOST, service.port, make_for(service, f"{mode}{turn}"),
+                                                          count, direct=False, ramp=1.0,
+                                                          deadline=time.perf_counter() + 90))
                     cpu = service.cpu() - cpu_before
                 finally:
                     service.stop()
@@ -253,8 +262,6 @@ class Bench:
                 figures.update({f"{mode}{turn}_completed": sum(r.ok for r in results),
                                 f"{mode}{turn}_live": sum(r.mode == "live" for r in results),
                                 f"{mode}{turn}_cpu_s": round(cpu, 2)})
-        figures["v1_vs_chat"] = ratio(figures["v11_cpu_s"] + figures["v12_cpu_s"],
-                                      figures["chat1_cpu_s"] + figures["chat2_cpu_s"])
         return figures
 
     def via_api(self, service: Proxy, key: str, **fake):

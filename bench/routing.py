@@ -73,18 +73,8 @@ class Routing:
         routed = self._file("routing-upstreams.yaml", ROUTED.format(entries=entries))
         setups = {"single": dict(OPENAI_BASE_URL=f"http://{HOST}:{port}/v1"),
                   "routed": dict(UPSTREAMS_PATH=str(routed), BENCH_KEY_A="bench-key-a", BENCH_KEY_B="bench-key-b")}
-        figures: dict = {"streams": count}
-        for turn in (1, 2):
-            for mode, env in setups.items():
-                service = Service(bench.logs, **env)
-                try:
-                    results, cpu = self._streams(service, count, f"route-{mode}{turn}")
-                finally:
-                    service.stop()
-                # The same streams each run, so the same upstream chunks: CPU seconds compare as CPU per chunk.
-                figures.update({f"{mode}{turn}_completed": sum(r.ok for r in results),
-                                f"{mode}{turn}_live": sum(r.mode == "live" for r in results),
-                                f"{mode}{turn}_cpu_s": round(cpu, 2)})
+        streams = lambda service, tag: bench.via_service(service, id=f"route-{tag}")  # noqa: E731
+        figures = bench.cpu_in_turn(count, {mode: (env, streams) for mode, env in setups.items()})
         figures["routed_vs_single"] = ratio(figures["routed1_cpu_s"] + figures["routed2_cpu_s"],
                                             figures["single1_cpu_s"] + figures["single2_cpu_s"])
         return figures
