@@ -217,7 +217,7 @@ class Setting:
 def _setting(parse: Callable[[str], Any], default: str | None, doc: str, *, secret: bool = False,
              example: str = "") -> Any:
     """Declare a ``Settings`` attribute, read from the environment variable of its name in capitals."""
-    return field(metadata={"setting": (parse, default, doc, secret, example)})
+    return field(repr=not secret, metadata={"setting": (parse, default, doc, secret, example)})
 
 
 def _key_of(facts: ProviderFacts) -> Any:

@@ -50,7 +50,7 @@ def test_a_file_declares_upstreams_with_their_keys_and_defaults():
     assert azure.headers == (("api-key", "az-dddd"),) and azure.api_keys == () and azure.model == "gpt-4o-mini"
     assert "az-dddd" in azure.secrets  # a header read from ${VAR} is never logged
     assert (claude.base_url, claude.model, claude.tier) == ("https://api.anthropic.com", "claude-haiku-4-5", 3)
-    assert "gsk" not in str(groq.public())
+    assert "gsk" not in repr(groq) and "az-dddd" not in repr(azure)  # what a traceback or a log line would show
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -86,6 +86,7 @@ def test_today_s_variables_are_two_upstreams_named_openai_and_anthropic():
     assert [(u.name, u.protocol, u.api_keys, u.tier) for u in settings.upstreams] == [
         ("anthropic", "anthropic", ("a-2",), 1), ("openai", "openai", ("sk-1",), 2)]
     assert load_settings({}).upstreams == ()
+    assert "sk-1" not in repr(settings) and "a-2" not in repr(settings)  # secret settings never in a repr
 
 
 def test_the_file_and_today_s_variables_together_is_an_error_that_says_which_to_keep(tmp_path):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import yaml
@@ -49,17 +49,13 @@ class Upstream:
     protocol: str  # a key of provider_facts.FACTS_BY_NAME
     base_url: str
     model: str
-    api_keys: tuple[str, ...] = ()  # taken in turn; none for a keyless local server
-    headers: tuple[tuple[str, str], ...] = ()  # extra request headers (Azure's api-key, OpenRouter's referer)
+    # Never in a repr (a traceback or a log line would print it): taken in turn; none for a keyless server.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # extra request headers (Azure's api-key, OpenRouter's referer)
     tier: int = 1
     weight: float = 1.0
     #: Values never to log: the keys, and the header values read from ``${VAR}`` (Azure's api-key is one).
-    secrets: tuple[str, ...] = ()
-
-    def public(self) -> dict[str, Any]:
-        """What ``/healthz`` may show: never a key, nor a header's value."""
-        return {"name": self.name, "protocol": self.protocol, "model": self.model, "keys": len(self.api_keys),
-                "tier": self.tier, "weight": self.weight}
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 def load_upstreams(path: str, environ: Mapping[str, str]) -> tuple[Upstream, ...]:

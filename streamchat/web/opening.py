@@ -83,11 +83,11 @@ def open_reply(asked: ChatRequest) -> OpenedReply:
     # With a grace period the reply outlives its client, so a client that leaves must not end it at once.
     watch = watch_client(request.environ) if not grace else None
     prefer = next((p.name for p in svc.relay.chain if asked.model in (p.model, p.name)), None) if asked.model else None
+    may_hedge = hedge_reserver(svc.tokens, record.tokens, asked.client, messages, settings,
+                               asked.options.max_tokens) if settings.llm_hedge_after else None
     try:
         reply = svc.relay.open(messages, on_close=watch.stop if watch else None, live_denied=live_denied,
-                               record=record, options=asked.options, prefer=prefer,
-                               may_hedge=hedge_reserver(svc.tokens, record.tokens, asked.client, messages, settings,
-                                                        asked.options.max_tokens))
+                               record=record, options=asked.options, prefer=prefer, may_hedge=may_hedge)
     except BaseException:
         release_tokens(svc.tokens, record.tokens)
         raise
