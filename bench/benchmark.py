@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import platform
+import ssl
 import statistics
 import sys
 import time
@@ -186,6 +187,9 @@ class Bench:
                     service = Service(self.logs, OPENAI_BASE_URL=upstream, REQUESTS_CA_BUNDLE=str(bundle))
                     results, cpu, _, rss = self.measured_load(service, count, f"tls-{mode}{turn}", 60)
                     runs[mode].append((results, cpu, rss))
+            # How many of the worker's connections resumed a TLS session instead of a full handshake.
+            tls_stats = get_json(f"https://{HOST}:{port}/_fake/stats", ssl.create_default_context(cafile=str(bundle)))
+            figures.update({"tls_handshakes": tls_stats["handshakes"], "tls_resumed": tls_stats["resumed"]})
         finally:
             fake.stop()
         for mode, measured in runs.items():

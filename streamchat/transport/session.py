@@ -10,40 +10,17 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import ssl
 from typing import Any
 
 import requests
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
-from urllib3.util.ssl_ import create_urllib3_context
 
 from .pool import POOL_CLASSES
+from .tls import verifying_context
 
 USER_AGENT = "streamchat/1.0"
-
-log = logging.getLogger("streamchat")
-
-
-def verifying_context(ca_bundle: str) -> ssl.SSLContext:
-    """Return the TLS context every upstream connection of a session shares, trusting ``ca_bundle``.
-
-    The context urllib3 would make itself, made once: given none, urllib3 makes a context for each new
-    connection and loads the CA bundle into it. With certifi's bundle that is 40 ms of CPU and 0.7 MB a
-    connection (measured), and under gevent those 40 ms stop every stream of the worker: 1,000 streams
-    starting against an HTTPS upstream cost 55.6 s of CPU instead of 14.5 (``bench/run --only tls``).
-    """
-    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
-    try:
-        if os.path.isdir(ca_bundle):
-            context.load_verify_locations(capath=ca_bundle)
-        else:
-            context.load_verify_locations(cafile=ca_bundle)
-    except (OSError, ssl.SSLError) as exc:
-        # Never down: the context trusts nothing, every HTTPS upstream fails over to the rules, and this says why.
-        log.error("the CA bundle %s could not be loaded (%s): HTTPS upstreams will fail", ca_bundle, exc)
-    return context
 
 
 class StreamingAdapter(requests.adapters.HTTPAdapter):

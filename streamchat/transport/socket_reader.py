@@ -126,11 +126,23 @@ class GeventTLSReader(GeventSocketReader):
         return self._tls.pending() > 0  # decrypted bytes the last read left: no wait needed
 
     def _read(self, size: int) -> bytes:
-        self._tls.settimeout(0.0)
+        self._tls.settimeout(0.0)  # every time: the body's first read sets a timeout for http.client's buffer
         try:
-            return self._tls.recv(size)
+            data = self._tls.recv(size)
         except self._incomplete:
             raise BlockingIOError from None
+        # A TLS read returns one record, where a plain read takes all the kernel holds: read on while whole
+        # records wait, so that a stream that fell behind catches up in one write to its client, as over
+        # plain HTTP (1,000 streams: 100,000 client writes became 52,000; bench/run --only tls).
+        while data and len(data) < size:
+            try:
+                more = self._tls.recv(size - len(data))
+            except self._incomplete:
+                break
+            if not more:
+                break  # the end: the next read says so
+            data += more
+        return data
 
     def close(self) -> None:
         super().close()

@@ -17,6 +17,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=DEFAULTS["tokens"])
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain...")
     parser.add_argument("--tls-key", metavar="PEM", help="... and this private key")
+    parser.add_argument("--tls-delay-ms", type=float, default=0, help="hold every TLS handshake back this long")
+    parser.add_argument("--idle-close-ms", type=float, default=0, help="close connections idle this long")
     args = parser.parse_args()
     defaults = {"first_token_ms": args.first_token_ms, "interval_ms": args.interval_ms, "tokens": args.tokens}
     tls = None
@@ -24,7 +26,8 @@ def main() -> None:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(args.tls_cert, args.tls_key)
     try:
-        asyncio.run(FakeUpstream(args.host, args.port, defaults, keep_records=2000, tls=tls).serve_forever())
+        asyncio.run(FakeUpstream(args.host, args.port, defaults, keep_records=2000, tls=tls,
+                                tls_delay_ms=args.tls_delay_ms, idle_close_ms=args.idle_close_ms).serve_forever())
     except KeyboardInterrupt:
         pass
 

@@ -38,6 +38,12 @@ overrides the defaults (set on the command line) with any of:
 
 ``GET /_fake/requests`` lists what was asked and when each connection was
 seen closed; ``GET /_fake/stats`` sums it up for the benchmark.
+
+Over TLS (``tls``, a server context) it counts full and resumed handshakes
+and those that failed (a client refusing the certificate); ``tls_delay_ms``
+holds every handshake back that long, as the network's round trips would;
+``idle_close_ms`` closes a connection left that long without a request, as
+providers close idle keep-alive connections.
 """
 
 from __future__ import annotations
@@ -134,10 +140,16 @@ class FakeUpstream:
     """The server: start it with ``start_in_thread()`` (tests) or ``serve_forever()`` (command line)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, defaults: dict[str, Any] | None = None,
-                 keep_records: int = 10000, tls: ssl.SSLContext | None = None):
+                 keep_records: int = 10000, tls: ssl.SSLContext | None = None, tls_delay_ms: float = 0,
+                 idle_close_ms: float = 0):
         self.host = host
         self.port = port
         self.tls = tls  # a server context: speak HTTPS, as every hosted provider does
+        self.tls_delay_ms = tls_delay_ms
+        self.idle_close_ms = idle_close_ms
+        self.handshakes = self.resumed = self.handshake_failures = self.idle_closed = 0
+        self.accepted_at: dict[int, float] = {}  # connection number -> when its TCP connection was accepted
+        self.closed_idle: set[int] = set()  # the numbers of the connections closed for idling
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self.keep_records = keep_records
         self.records: list[Record] = []
@@ -154,8 +166,8 @@ class FakeUpstream:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._server = await self._loop.create_server(lambda: _Connection(self), self.host, self.port,
-                                                      backlog=4096, ssl=self.tls)
+        protocol = (lambda: _Handshake(self)) if self.tls else (lambda: _Connection(self))
+        self._server = await self._loop.create_server(protocol, self.host, self.port, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def serve_forever(self) -> None:
@@ -202,6 +214,10 @@ class FakeUpstream:
     def find(self, tag: str) -> Record | None:
         return next((r for r in reversed(self.records) if r.id == tag), None)
 
+    def requests_on(self, connection: int) -> int:
+        """How many requests connection number ``connection`` carried."""
+        return sum(1 for r in self.records if r.connection == connection)
+
     def new_record(self, **fields: Any) -> Record:
         self._seq += 1
         record = Record(seq=self._seq, started=time.monotonic(), **fields)
@@ -212,11 +228,49 @@ class FakeUpstream:
 
     def stats(self) -> dict[str, Any]:
         records = list(self.records)
-        return {"requests": len(records), "connections": self.connections,
+        return {"requests": len(records), "connections": self.connections, "handshakes": self.handshakes,
+                "resumed": self.resumed, "handshake_failures": self.handshake_failures, "idle_closed": self.idle_closed,
                 "open": sum(1 for r in records if r.finished is None and r.peer_closed is None),
                 "finished": sum(1 for r in records if r.finished is not None),
                 "peer_closed": sum(1 for r in records if r.peer_closed is not None),
                 "closes": {r.id: r.peer_closed for r in records if r.peer_closed is not None and r.id}}
+
+
+class _Handshake(asyncio.Protocol):
+    """A TCP connection's TLS handshake, held back ``tls_delay_ms``, then handed to a ``_Connection``."""
+
+    def __init__(self, server: FakeUpstream):
+        self.server = server
+
+    def connection_made(self, transport):
+        transport.pause_reading()  # the ClientHello waits in the kernel until the delay is over
+        self.server._transports.add(transport)
+        self.accepted = time.monotonic()
+        asyncio.ensure_future(self._handshake(transport))
+
+    def connection_lost(self, exc):
+        pass
+
+    async def _handshake(self, transport) -> None:
+        server = self.server
+        try:
+            await asyncio.sleep(server.tls_delay_ms / 1000)
+            connection = _Connection(server)
+            tls_transport = await asyncio.get_running_loop().start_tls(transport, connection, server.tls,
+                                                                       server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError, asyncio.CancelledError):
+            server.handshake_failures += 1
+            transport.abort()
+            server.notify()
+            return
+        finally:
+            server._transports.discard(transport)
+        if tls_transport is None:  # the client left during the handshake
+            return
+        server.handshakes += 1
+        server.resumed += bool(tls_transport.get_extra_info("ssl_object").session_reused)
+        connection.accepted = self.accepted
+        connection.connection_made(tls_transport)
 
 
 class _Connection(asyncio.Protocol):
@@ -228,18 +282,39 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.record: Record | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
         self.number = 0
+        self.accepted: float | None = None  # over TLS: when the TCP connection was, before its handshake
 
     def connection_made(self, transport):
         self.transport = transport
         self.server._transports.add(transport)
         self.server.connections += 1
         self.number = self.server.connections
+        self.server.accepted_at[self.number] = self.accepted or time.monotonic()
+        self.server.notify()
+        if self.buffer:  # over TLS a request may have come with the end of the handshake
+            self._try_request()
+        else:
+            self._idle()
+
+    def _idle(self) -> None:
+        if self.server.idle_close_ms:
+            self.idle_timer = asyncio.get_running_loop().call_later(self.server.idle_close_ms / 1000, self._close_idle)
+
+    def _close_idle(self) -> None:
+        if self.record is None and not self.buffer and not self.transport.is_closing():
+            self.server.idle_closed += 1
+            self.server.closed_idle.add(self.number)
+            self.transport.close()
+            self.server.notify()
 
     def connection_lost(self, exc):
         self.server._transports.discard(self.transport)
         if self.timer:
             self.timer.cancel()
+        if self.idle_timer:
+            self.idle_timer.cancel()
         record = self.record
         if record is not None and record.finished is None:
             record.peer_closed = time.monotonic()
@@ -253,7 +328,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data):
         self.buffer += data
-        if self.record is None:
+        if self.idle_timer:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.record is None and self.transport is not None:
             self._try_request()
 
     def _try_request(self) -> None:
@@ -323,6 +401,8 @@ class _Connection(asyncio.Protocol):
         self.server.notify()
         if self.buffer:
             self._try_request()
+        elif self.transport is not None and not self.transport.is_closing():
+            self._idle()
 
 
 class _Reply:
