@@ -12,7 +12,7 @@ from flask import Flask
 
 from streamchat.config import SETTINGS, load_settings, no_provider_hint
 from streamchat.domain.breaker import CircuitBreaker
-from streamchat.domain.providers import Provider, build_chain
+from streamchat.domain.providers import HTTPProvider, Provider, build_chain
 from streamchat.domain.relay import Relay
 from streamchat.domain.rules import SAMPLE_NOTE, RulesStore
 from streamchat.redaction import remember_secrets
@@ -24,6 +24,7 @@ from streamchat.shared.memory_streams import MemoryStreams
 from streamchat.shared.redis_streams import RedisStreams
 from streamchat.shared.streams import StreamRecords
 from streamchat.shared.token_budget import TokenBudgets
+from streamchat.transport.warm import WarmConnections, WarmTarget
 from streamchat.web import errors
 from streamchat.web.guards import budgets, headers, limits
 from streamchat.web.operations import access, health
@@ -57,6 +58,7 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     relay = Relay(chain, rules, _breaker(settings, shared), settings.fallback_word_delay,
                   hedge_after=settings.llm_hedge_after, interrupter=interrupter)
     relay.listeners.append(access.log_reply)
+    warm_connections(settings, relay).start()
     if metrics is not None:
         metrics.watch(relay)
     streams = _stream_records(settings, shared)
@@ -77,6 +79,16 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     limits.init_app(app, settings)
     errors.init_app(app)
     return app
+
+
+def warm_connections(settings, relay: Relay) -> WarmConnections:
+    """An idle connection kept ready for every upstream, while it is not cooling down and the worker not draining."""
+    def may_open(name: str) -> bool:
+        return not DRAIN.draining and relay.breaker.skip_reason(name) is None
+
+    targets = [WarmTarget(p.name, p.session, p.base_url, functools.partial(may_open, p.name))
+               for p in relay.chain if isinstance(p, HTTPProvider)]
+    return WarmConnections(targets, settings.llm_warm_every, settings.llm_connect_timeout)
 
 
 def _breaker(settings, shared) -> CircuitBreaker:

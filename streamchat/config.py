@@ -275,6 +275,11 @@ class Settings:
         _non_negative_seconds, "30",
         "Seconds a provider is skipped after a 429, 5xx or timeout (longer if `retry-after` says so).")
     llm_pool_size: int = _setting(_positive_int, "1000", "Upstream connections kept open per provider and worker.")
+    llm_warm_every: float = _setting(
+        _non_negative_seconds, "15", "Seconds between each worker's looks at every upstream it may call: with no "
+        "idle connection used within that time, it opens one ahead of need (TCP and TLS, no request), so the first "
+        "visitor after a quiet spell skips the handshake. Providers close idle connections after about a minute; "
+        "a ready connection is at most twice this old. None for an upstream cooling down or while draining. `0`: off.")
     client_timeout: float = _setting(
         _seconds, "60", "Seconds a client may take to send its request body (408 after), and may read nothing while "
         "its reply waits to be sent (then its stream is closed).")

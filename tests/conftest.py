@@ -57,6 +57,9 @@ def _no_real_settings(monkeypatch):
     for name in REAL_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RULES_PATH", str(REPO / "rules.yaml"))
+    # An in-process app lives as long as its test, its warm-connection thread as long as the test process,
+    # opening connections to the shared fake upstream: tests/test_warm_tls.py turns it on where it is tested.
+    monkeypatch.setenv("LLM_WARM_EVERY", "0")
 
 
 @pytest.fixture(scope="session")
