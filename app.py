@@ -26,7 +26,7 @@ from streamchat.shared.streams import StreamRecords
 from streamchat.shared.token_budget import TokenBudgets
 from streamchat.transport.warm import WarmConnections, WarmTarget
 from streamchat.web import errors
-from streamchat.web.guards import budgets, headers, limits
+from streamchat.web.guards import budgets, chat_counts, headers, limits
 from streamchat.web.operations import access, health
 from streamchat.web.operations.metrics import Metrics, process_metrics
 from streamchat.web.service import EXTENSION, Service
@@ -77,6 +77,7 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     access.init_app(app)  # before the limiter's hooks: a request's clock starts first
     headers.init_app(app, settings)
     limits.init_app(app, settings)
+    chat_counts.init_app(app)
     errors.init_app(app)
     return app
 

@@ -67,8 +67,8 @@ def test_redis_shares_one_count_across_processes_and_memory_does_not(log_dir, re
 
 
 @pytest.mark.redis
-def test_one_redis_command_per_limit_and_budget_per_request(log_dir, redis_server, fake):
-    # flask-limiter reads each window back four times for its headers; those reads must not reach Redis.
+def test_one_redis_call_per_chat_request_for_its_limits_and_budgets(log_dir, redis_server, fake):
+    # A chat request counts its rate limit and both budgets in one script: one round trip, no read-back.
     with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", CHAT_RATE_LIMIT="100/minute", LLM_BUDGET_PER_CLIENT="50/minute",
                   LLM_BUDGET_GLOBAL="1000/minute", RATELIMIT_STORAGE_URI=redis_server.url) as server:
         assert statuses(server, 2) == [200, 200]  # scripts loaded, connections made
@@ -80,7 +80,8 @@ def test_one_redis_command_per_limit_and_budget_per_request(log_dir, redis_serve
         assert [headers["X-RateLimit-Remaining"] for _, headers, _ in replies] == ["97", "96", "95", "94", "93"]
         assert all(0 < int(headers["X-RateLimit-Reset"]) - time.time() <= 61 for _, headers, _ in replies)
         commands = client.info("commandstats")  # the scripts' own incrby/expire/pttl are listed too
-        assert commands["cmdstat_evalsha"]["calls"] == 5 * 3
+        assert commands["cmdstat_evalsha"]["calls"] == 5  # one script a request...
+        assert commands["cmdstat_incrby"]["calls"] == 5 * 3  # ... counting the limit and the two budgets
         assert set(commands) <= {"cmdstat_config|resetstat", "cmdstat_evalsha", "cmdstat_incrby", "cmdstat_expire",
                                  "cmdstat_pttl"}, commands  # no GET or TTL sent to read a window back
 

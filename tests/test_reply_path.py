@@ -232,6 +232,25 @@ def test_past_the_live_budget_the_rules_answer_on_both_apis(provider, records):
     assert completion(client).get_json()["x_terminal"]["reason"] == "budget"
 
 
+def test_a_chat_past_its_rate_limit_spends_no_budget_and_a_bad_body_gets_its_budget_back(provider, records):
+    client = make_client(provider, records, CHAT_RATE_LIMIT="3/minute;100/day", LLM_BUDGET_PER_CLIENT="2/minute")
+    bad = post(client, "/api/chat", {"messages": []})
+    assert bad.status_code == 400 and bad.headers["X-RateLimit-Remaining"] == "2"  # counted, its budget given back
+    first, second = chat(client), chat(client)
+    assert [r.headers["X-Terminal-Mode"] for r in (first, second)] == ["live", "live"]
+    # The first limit of the string is the one the headers show, until one is breached.
+    assert (second.headers["X-RateLimit-Limit"], second.headers["X-RateLimit-Remaining"]) == ("3", "0")
+    over = chat(client)
+    assert over.status_code == 429 and over.get_json()["error"]["message"].startswith("Too many requests (3 per 1 minute)")
+    assert over.headers["X-RateLimit-Limit"] == "3" and int(over.headers["Retry-After"]) > 0
+    with client.application.app_context():
+        storage = service().budget.counting_storage()
+        budget_keys = [key for key in storage._counts if "budget" in key]
+        # Two live replies spent two units; the 400 gave its unit back and the 429 spent none.
+        assert [storage.get(key) for key in budget_keys] == [2]
+        assert [storage.get(key) for key in storage._counts if "day" in key] == [3]  # the 429 stopped at the first
+
+
 def test_tokens_are_reserved_then_settled_and_the_header_says_what_is_left(provider, records):
     client = make_client(provider, records, LLM_TOKEN_BUDGET_PER_CLIENT="5000/day", LLM_MAX_TOKENS="100")
     provider.enqueue("Hello there")  # three tokens, estimated

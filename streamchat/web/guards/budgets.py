@@ -24,6 +24,7 @@ from ...config import Settings
 from ...domain.record import ReplyRecord, TokenHold
 from ...domain.usage import reservation_size
 from ...shared.token_budget import TokenBudgets
+from .chat_counts import counted_budget
 from .limits import limiter, storage_config
 
 log = logging.getLogger("streamchat")
@@ -55,10 +56,20 @@ class LiveBudget:
         """The storage the budget counts in (None when there is no budget)."""
         return self._strategy().storage if (self.per_client or self.overall) else None
 
+    def counting_storage(self):
+        """The storage the chat's rate limits and budgets count in together (``chat_counts``)."""
+        return self._strategy().storage
+
     def live_denied(self, who: str) -> str | None:
-        """Spend one unit of ``who``'s budgets, returning "budget" if one is exhausted (None otherwise)."""
+        """Spend one unit of ``who``'s budgets, returning "budget" if one is exhausted (None otherwise).
+
+        A chat request's budgets were spent with its rate limits (``chat_counts``): that verdict is taken.
+        """
         if not (self.per_client or self.overall):
             return None
+        verdict = counted_budget()
+        if verdict is not False:
+            return verdict
         try:
             storage = self._strategy().storage  # fail-soft: counts in memory while Redis is down
             # What limits' fixed-window hit does for each, in one round trip for them all.

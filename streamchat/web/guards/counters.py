@@ -68,6 +68,18 @@ class ExpiringCounters(Storage):
         """``incr`` each ``(key, expiry, amount)``; the budget counts this way (one round trip in Redis)."""
         return [self.incr(key, expiry, amount) for key, expiry, amount in counts]
 
+    def count_together(self, limits: list[tuple[str, int, int]], spends: list[tuple[str, int]]) -> list[tuple[int, float]]:
+        """Count each ``(key, expiry, amount)`` limit until one is past its amount, then (if none) each spend.
+
+        Returns ``(count, window end)`` for each key counted, in order (the chat's counts: ``chat_counts``).
+        """
+        return count_in_turn(self, limits, spends)
+
+    def give_back(self, keys: list[str]) -> None:
+        """Take back one unit counted on each of ``keys``."""
+        for key in keys:
+            self.decr(key)
+
     def decr(self, key: str, amount: int = 1) -> int:
         with self._lock:
             self._expire(self.clock())
@@ -103,3 +115,15 @@ class ExpiringCounters(Storage):
     def key_count(self) -> int:
         """Return how many keys are counted now (no ``__len__``: flask-limiter tests the storage for truth)."""
         return len(self._counts)
+
+
+def count_in_turn(storage: Storage, limits: list[tuple[str, int, int]],
+                  spends: list[tuple[str, int]]) -> list[tuple[int, float]]:
+    """``count_together`` through any ``limits`` storage, one key at a time."""
+    counted = []
+    for key, expiry, amount in limits:
+        count = storage.incr(key, expiry)
+        counted.append((count, storage.get_expiry(key)))
+        if count > amount:
+            return counted
+    return counted + [(storage.incr(key, expiry), storage.get_expiry(key)) for key, expiry in spends]

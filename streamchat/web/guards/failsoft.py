@@ -37,11 +37,11 @@ from __future__ import annotations
 import contextvars
 import time
 
-from limits.storage import SCHEMES, Storage, storage_from_string
+from limits.storage import SCHEMES, RedisClusterStorage, Storage, storage_from_string
 from redis.exceptions import NoScriptError
 
 from ...shared.outage import Outage
-from .counters import ExpiringCounters
+from .counters import ExpiringCounters, count_in_turn
 
 PREFIX = "streamchat-failsoft+"
 _COUNTED_MAX = 16  # keys one context remembers: a request counts two or three
@@ -54,6 +54,25 @@ if tonumber(current) == amount then
     redis.call("expire", KEYS[1], ARGV[1])
 end
 return {current, redis.call("pttl", KEYS[1])}
+"""
+
+# The chat's counts in one call (chat_counts): the rate limits in order until one is past its amount,
+# then (if none) the budgets. ARGV: the number of limits, then an expiry and an amount per key.
+COUNT_TOGETHER = """
+local limits = tonumber(ARGV[1])
+local counted = {}
+for i, key in ipairs(KEYS) do
+    local current = redis.call("incrby", key, 1)
+    if current == 1 then
+        redis.call("expire", key, ARGV[2 * i])
+    end
+    counted[#counted + 1] = current
+    counted[#counted + 1] = redis.call("pttl", key)
+    if i <= limits and current > tonumber(ARGV[2 * i + 1]) then
+        return counted
+    end
+end
+return counted
 """
 
 
@@ -75,6 +94,9 @@ class FailSoftStorage(Storage):
         client = getattr(self.shared, "storage", None)
         self._incr_with_expiry = (client.register_script(INCR_WITH_EXPIRY)
                                   if client is not None and hasattr(self.shared, "prefixed_key") else None)
+        # One script over several keys: not on a Redis Cluster, whose keys may live on different nodes.
+        self._count_together = (client.register_script(COUNT_TOGETHER) if self._incr_with_expiry is not None
+                                and not isinstance(self.shared, RedisClusterStorage) else None)
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
 
     @property
@@ -121,6 +143,38 @@ class FailSoftStorage(Storage):
             self.outage.failed(exc)
             return self.memory.incr_many(counts)
         return [int(count) for count, _ in replies]
+
+    def count_together(self, limits: list[tuple[str, int, int]], spends: list[tuple[str, int]]) -> list[tuple[int, float]]:
+        """``ExpiringCounters.count_together`` in one round trip to Redis (in this worker's memory while it is down)."""
+        if self._count_together is None:  # another shared storage, or a Redis Cluster: key by key
+            return count_in_turn(self, limits, spends)
+        if not self.outage.should_try():
+            return self.memory.count_together(limits, spends)
+        keys = [key for key, _, _ in limits] + [key for key, _ in spends]
+        args = [len(limits)] + [value for _, expiry, amount in limits for value in (expiry, amount)] + \
+               [value for _, expiry in spends for value in (expiry, 0)]
+        try:
+            replies = self._count_together([self.shared.prefixed_key(key) for key in keys], args)
+        except (self.shared.base_exceptions, OSError) as exc:
+            self.outage.failed(exc)
+            return self.memory.count_together(limits, spends)
+        self.outage.recovered()
+        now = time.time()
+        return [(int(replies[i]), now + max(int(replies[i + 1]), 0) / 1000) for i in range(0, len(replies), 2)]
+
+    def give_back(self, keys: list[str]) -> None:
+        """Take back one unit counted on each of ``keys`` (a request that opened no reply)."""
+        if self.outage.down or self._incr_with_expiry is None:
+            for key in keys:
+                self.memory.decr(key)
+            return
+        try:
+            with self.shared.storage.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.decrby(self.shared.prefixed_key(key), 1)
+                pipe.execute()
+        except (self.shared.base_exceptions, OSError) as exc:
+            self.outage.failed(exc)
 
     def _pipelined(self, counts: list[tuple[str, int, int]]) -> list:
         # Plain EVALSHA: redis-py's Script objects in a pipeline send SCRIPT EXISTS first, a round trip more.

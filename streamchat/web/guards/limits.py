@@ -76,7 +76,9 @@ def limit_api(view):
 
 
 def limit_chat(view):
-    """Decorate a chat view (the chat, resuming and stopping a reply) with ``CHAT_RATE_LIMIT``, each its own count.
+    """Decorate a view of a reply (resuming and stopping it) with ``CHAT_RATE_LIMIT``, each its own count.
+
+    The chat itself counts its rate limits with its budgets, in one round trip (``chat_counts``).
 
     flask-limiter is skipped outright while it is disabled.
 
@@ -124,7 +126,7 @@ def storage_health() -> dict:
 
 def rate_limit_message(error: TooManyRequests) -> tuple[str, str, str]:
     """Return the 429 answer's code, sentence and Retry-After for the limit just breached."""
-    wait = _retry_after_seconds()
+    wait = getattr(error, "retry_after", None) or _retry_after_seconds()  # the chat's own (chat_counts), or flask-limiter's
     return "rate_limited", f"Too many requests ({error.description}). Try again in {wait} seconds.", str(wait)
 
 

@@ -16,6 +16,7 @@ from ...shared.streams import BadOffset, RecordsUnavailable, StreamRecords, Unkn
 from ..errors import error_response
 from ..framing import text
 from ..framing.recorded import replay_response
+from ..guards.chat_counts import counted_chat
 from ..guards.limits import client_id, limit_chat
 from ..guards.request_body import request_body_within
 from ..opening import ChatRequest, chat_limits, open_reply
@@ -51,7 +52,7 @@ def _reading_records(view):
 
 
 @bp.post("/api/chat")
-@limit_chat
+@counted_chat
 def chat():
     """Stream the assistant's reply to the conversation in the request body."""
     # No name keeps the body once it is parsed: while the first token is awaited, a stream holds the
