@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from typing import Mapping, Sequence
 
 from flask import Flask
+from flask.sessions import NullSession, SessionInterface
 
 from streamchat.config import SETTINGS, load_settings, no_provider_hint
 from streamchat.domain.breaker import CircuitBreaker
@@ -47,6 +48,7 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
                      *(secret for upstream in settings.upstreams for secret in upstream.secrets),
                      *(urlsplit(url).password or "" for url in (settings.redis_url, settings.ratelimit_storage_uri)))
     app = Flask(__name__)
+    app.session_interface = NoSessions()
     app.config["MAX_CONTENT_LENGTH"] = settings.chat_max_body_bytes
     app.json.sort_keys = False
 
@@ -80,6 +82,26 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     chat_counts.init_app(app)
     errors.init_app(app)
     return app
+
+
+class NoSessions(SessionInterface):
+    """Flask sessions, which the service never uses: one shared null session instead of one per request.
+
+    Flask's own interface makes an empty ``NullSession`` (with its dict and callback) for every request,
+    which a stream keeps to its end, and checks on every response whether to save it. A ``NullSession``
+    refuses every write, so one can serve every request.
+    """
+
+    null = NullSession()
+
+    def open_session(self, app: Flask, request) -> NullSession:
+        return self.null
+
+    def make_null_session(self, app: Flask) -> NullSession:
+        return self.null
+
+    def save_session(self, app: Flask, session, response) -> None:
+        pass
 
 
 def warm_connections(settings, relay: Relay) -> WarmConnections:

@@ -30,6 +30,7 @@ from bench.common import (HOST, ROOT, FloorProxy, Process, Proxy, Scraper, Servi
                           peak_rss_mb, per_million, percentile, ratio, settled_sockets, status_mb, wait_http,
                           wait_tcp)
 from bench.instances import Instances
+from bench.gateways import Gateways
 from bench.routing import Routing
 from bench.loadgen import build_request, concurrent_streams, looping_clients
 from streamchat.testing.fake_upstream import OpenAIWire, sse_event, tokens_of
@@ -152,18 +153,13 @@ class Bench:
                                                           percentile([r.ttfb for r in direct], 99))})
         return figures
 
-    def tls(self) -> dict:
-        """1,000 streams from an upstream speaking HTTPS, as every hosted provider does, and from plain HTTP, in turn.
-
-        The upstreams are the same fake with the same pacing, so the difference is what TLS costs the worker:
-        decrypting every record, on top of the handshake of each new pooled connection.
-        """
+    def _tls_files(self) -> tuple[Path, Path, Path] | None:
+        """A CA bundle (certifi's public CAs plus a throwaway one) and a certificate chain and key it issued."""
         try:
             import certifi
             import trustme
         except ImportError:
-            return {"skipped": "trustme is not installed (requirements-dev.txt)"}
-        count = 200 if self.quick else 1000
+            return None
         ca, bundle, chain, key = trustme.CA(), self.logs / "tls-ca.pem", self.logs / "tls-chain.pem", self.logs / "tls-key.pem"
         issued = ca.issue_cert(HOST)
         # The public CAs requests trusts (certifi), plus this one, as a private CA is added in production:
@@ -172,24 +168,44 @@ class Bench:
         issued.private_key_pem.write_to_path(str(key))
         for n, blob in enumerate(issued.cert_chain_pems):
             blob.write_to_path(str(chain), append=n > 0)
+        return bundle, chain, key
+
+    def _tls_fake(self, chain: Path, key: Path, *options: str) -> tuple[Process, int]:
         port = free_port()
         fake = Process([sys.executable, "-m", "streamchat.testing.fake_upstream", "--port", str(port),
                         "--first-token-ms", "200", "--interval-ms", "20", "--tokens", "100", "--tls-cert", str(chain),
-                        "--tls-key", str(key)], dict(os.environ), self.logs / "fake-tls.log")
+                        "--tls-key", str(key), *options], dict(os.environ), self.logs / "fake-tls.log")
+        wait_tcp(port)
+        return fake, port
+
+    def tls(self) -> dict:
+        """1,000 streams from an upstream speaking HTTPS, as every hosted provider does, and from plain HTTP, in turn.
+
+        The upstreams are the same fake with the same pacing, so the difference is what TLS costs the worker:
+        decrypting every record, on top of the handshake of each new pooled connection. With ``--before REV``
+        that revision's service runs against the HTTPS upstream in turn too (``before``).
+        """
+        files = self._tls_files()
+        if files is None:
+            return {"skipped": "trustme is not installed (requirements-dev.txt)"}
+        bundle, chain, key = files
+        count = 200 if self.quick else 1000
+        fake, port = self._tls_fake(chain, key)
         rounds = 1 if self.quick else 2
         figures: dict = {"streams": count, "rounds": rounds}
-        runs: dict[str, list] = {"plain": [], "tls": []}
+        upstreams = {"plain": (f"http://{HOST}:{self.fake_port}/v1", ROOT), "tls": (f"https://{HOST}:{port}/v1", ROOT)}
+        if self.before:
+            upstreams["before_tls"] = (f"https://{HOST}:{port}/v1", self.before)
+        runs: dict[str, list] = {mode: [] for mode in upstreams}
+        stats_url, context = f"https://{HOST}:{port}/_fake/stats", ssl.create_default_context(cafile=str(bundle))
         try:
-            wait_tcp(port)
-            upstreams = {"plain": f"http://{HOST}:{self.fake_port}/v1", "tls": f"https://{HOST}:{port}/v1"}
             for turn in range(rounds):
-                for mode, upstream in upstreams.items():
-                    service = Service(self.logs, OPENAI_BASE_URL=upstream, REQUESTS_CA_BUNDLE=str(bundle))
+                for mode, (upstream, root) in upstreams.items():
+                    before = get_json(stats_url, context)
+                    service = Service(self.logs, root, OPENAI_BASE_URL=upstream, REQUESTS_CA_BUNDLE=str(bundle))
                     results, cpu, _, rss = self.measured_load(service, count, f"tls-{mode}{turn}", 60)
-                    runs[mode].append((results, cpu, rss))
-            # How many of the worker's connections resumed a TLS session instead of a full handshake.
-            tls_stats = get_json(f"https://{HOST}:{port}/_fake/stats", ssl.create_default_context(cafile=str(bundle)))
-            figures.update({"tls_handshakes": tls_stats["handshakes"], "tls_resumed": tls_stats["resumed"]})
+                    after = get_json(stats_url, context)
+                    runs[mode].append((results, cpu, rss, {k: after[k] - before[k] for k in ("handshakes", "resumed")}))
         finally:
             fake.stop()
         for mode, measured in runs.items():
@@ -199,8 +215,53 @@ class Bench:
                             f"{mode}_cpu_s": round(statistics.mean(run[1] for run in measured), 2),
                             f"{mode}_peak_rss_mb": round(max(run[2] for run in measured), 1),
                             f"{mode}_ttfb_p99_ms": ms(percentile([r.ttfb for r in results], 99))})
+            if mode != "plain":  # how many of the worker's handshakes resumed a TLS session instead of a full one
+                figures[f"{mode}_handshakes"] = sum(run[3]["handshakes"] for run in measured) // rounds
+                figures[f"{mode}_resumed"] = sum(run[3]["resumed"] for run in measured) // rounds
         figures["tls_cpu_vs_plain"] = ratio(figures["tls_cpu_s"], figures["plain_cpu_s"])
         figures["tls_ttfb_p99_vs_plain"] = ratio(figures["tls_ttfb_p99_ms"], figures["plain_ttfb_p99_ms"])
+        if self.before:
+            figures["before_tls_cpu_vs_plain"] = ratio(figures["before_tls_cpu_s"], figures["plain_cpu_s"])
+        return figures
+
+    def quiet_spell(self) -> dict:
+        """The first request after a quiet spell, from an HTTPS upstream that closes idle connections, warm or not.
+
+        The fake holds each TLS handshake back 60 ms (the network's round trips to a provider) and closes a
+        connection left idle 3 s (providers: about a minute); the worker looks every second (default: 15 s).
+        Each round asks once, waits 4 s (longer than the upstream keeps the connection), asks again, then
+        asks once more at once, on the connection just used: its time to first byte is the floor.
+        """
+        files = self._tls_files()
+        if files is None:
+            return {"skipped": "trustme is not installed (requirements-dev.txt)"}
+        bundle, chain, key = files
+        rounds = 2 if self.quick else 6
+        fake, port = self._tls_fake(chain, key, "--tls-delay-ms", "60", "--idle-close-ms", "3000")
+        upstream, figures = f"https://{HOST}:{port}/v1", {"rounds": rounds, "handshake_delay_ms": 60,
+                                                          "upstream_idle_close_s": 3, "pause_s": 4, "warm_every_s": 1}
+        try:
+            for mode, every in (("warm", "1"), ("cold", "0")):
+                service = Service(self.logs, OPENAI_BASE_URL=upstream, REQUESTS_CA_BUNDLE=str(bundle),
+                                  LLM_WARM_EVERY=every)
+                after_pause, on_warm = [], []
+                try:
+                    self.one_stream(service.port, self.via_service(service, id=f"q{mode}first"))
+                    for n in range(rounds):
+                        time.sleep(4)  # the quiet spell
+                        after_pause += self.one_stream(service.port, self.via_service(service, id=f"q{mode}{n}"))
+                        on_warm += self.one_stream(service.port, self.via_service(service, id=f"q{mode}{n}again"))
+                finally:
+                    service.stop()
+                figures.update({f"{mode}_after_pause_ttfb_p50_ms": ms(percentile([r.ttfb for r in after_pause], 50)),
+                                f"{mode}_after_pause_ttfb_max_ms": ms(max(r.ttfb or 0 for r in after_pause)),
+                                f"{mode}_kept_connection_ttfb_p50_ms": ms(percentile([r.ttfb for r in on_warm], 50)),
+                                f"{mode}_live": sum(r.mode == "live" for r in after_pause + on_warm)})
+        finally:
+            fake.stop()
+        for mode in ("warm", "cold"):
+            figures[f"{mode}_added_after_pause_ms"] = round(figures[f"{mode}_after_pause_ttfb_p50_ms"]
+                                                            - figures[f"{mode}_kept_connection_ttfb_p50_ms"], 2)
         return figures
 
     def metrics(self) -> dict:
@@ -420,13 +481,24 @@ TARGETS = [
     ("markdown", "last_vs_first", "<=", 1.2, "Markdown, 20,000 tokens in 5-token chunks: a chunk's render, last "
                                              "tenth ≤ 1.2 × first"),
     ("tls", "tls_live", ">=", 1000, "1,000 streams from an HTTPS upstream: all live"),
+    ("tls", "tls_cpu_vs_plain", "<=", 1.5, "1,000 streams from an HTTPS upstream: CPU ≤ 1.5 × plain HTTP"),
+    ("quiet_spell", "warm_added_after_pause_ms", "<=", 20.0, "after a quiet spell, warm connections: first byte ≤ "
+                                                            "20 ms later than on a kept connection (p50)"),
+    ("gateways", "service_vs_best_cpu_1", "<=", 0.333, "gateways, 1 client: CPU per reply ≤ ⅓ of the best gateway's"),
+    ("gateways", "service_vs_best_cpu_200", "<=", 0.333, "gateways, 200 streams: CPU per reply ≤ ⅓ of the best "
+                                                         "gateway's"),
+    ("gateways", "service_vs_best_cpu_1000", "<=", 0.333, "gateways, 1,000 streams: CPU per reply ≤ ⅓ of the best "
+                                                           "gateway's"),
+    ("gateways", "service_vs_best_added_ttfb_1", "<=", 0.2, "gateways, 1 client: added first-token time ≤ ⅕ of the "
+                                                            "best gateway's"),
+    ("gateways", "service_1000_completed", ">=", 1000, "gateways, 1,000 streams: every stream of the service complete"),
     ("metrics", "on_vs_off", "<=", 1.03, "1,000 streams, metrics on and scraped each second: CPU per chunk ≤ 1.03 × off"),
     ("routing", "routed_vs_single", "<=", 1.03, "1,000 streams through three weighted upstreams of two keys: CPU ≤ "
                                                 "1.03 × one upstream"),
 ]
 
 ABUSE = ["soak", "slow_heads", "never_read", "random_aborts", "counting"]
-BEFORE = ["soak", "counting", "metrics"]  # the scenarios that run --before's revision in turn
+BEFORE = ["soak", "counting", "metrics", "tls"]  # the scenarios that run --before's revision in turn
 INSTANCES = ["resume", "stop", "recording"]  # two instances (or one) and one Redis
 
 
@@ -472,9 +544,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
-                                       "fallback,aborts,metrics,openai_api,markdown,tls,routing,hedge, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
+                                       "fallback,aborts,metrics,openai_api,markdown,tls,quiet_spell,routing,hedge,gateways, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
     parser.add_argument("--abuse", action="store_true",
                         help="run the soak, abuse and two-instance scenarios (about 15 minutes, 20 with --before)")
+    parser.add_argument("--gateways", action="store_true",
+                        help="run LiteLLM's proxy and Portkey's gateway beside the service's /v1 (installs them, "
+                             "pinned, into bench/.gateways the first time; about 10 minutes)")
     parser.add_argument("--before", metavar="REV", help="also run REV's service in turn, in soak, counting and metrics")
     parser.add_argument("--out", help="the report (default BENCHMARKS.md; with --quick bench/logs/QUICK.md, so a "
                                       "smoke run never replaces the recorded figures)")
@@ -497,11 +572,12 @@ def main() -> None:
                  "streams_1000": lambda: bench.concurrent(1000, floor=True), "bursts": bench.bursts,
                  "fallback": bench.fallback, "aborts": bench.aborts, "metrics": bench.metrics,
                  "openai_api": bench.openai_api, "markdown": markdown_render.run, "tls": bench.tls,
+                 "quiet_spell": bench.quiet_spell, "gateways": Gateways(bench).gateways,
                  "routing": Routing(bench).routing, "hedge": Routing(bench).hedge,
                  **{name: getattr(abuse, name) for name in ABUSE},
                  **{name: getattr(Instances(bench), name) for name in INSTANCES}}
-    chosen = (args.only.split(",") if args.only else ABUSE + INSTANCES if args.abuse
-              else list(scenarios)[:-len(ABUSE + INSTANCES)])
+    chosen = (args.only.split(",") if args.only else ABUSE + INSTANCES if args.abuse else ["gateways"] if args.gateways
+              else [name for name in scenarios if name not in ABUSE + INSTANCES + ["gateways"]])
     out = Path(args.out)
     if out.with_suffix(".json").exists() and not args.quick:
         # Keep the scenarios not run this time, each with the date it was measured.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 # In a direct OpenAI stream the first events (role, filters) carry no text: the
 # first *token* is the first chunk with non-empty content.
-FIRST_TOKEN = re.compile(rb'"content":"[^"]|"text_delta"')
+FIRST_TOKEN = re.compile(rb'"content": ?"[^"]|"text_delta"')
 
 
 @dataclass

@@ -23,7 +23,7 @@ upgrading (versions pinned in ``requirements.txt``):
   ``HTTPConnection.is_connected`` (overridden), ``PoolManager.pool_classes_by_scheme``
   (replaced), ``HTTPConnectionPool._put_conn`` (extended) — ``body.py``, ``pool.py``,
   ``session.py``; ``HTTPConnectionPool.pool`` (the queue of idle connections and
-  free slots), ``._get_conn()``, ``._put_conn()``, ``._prepare_proxy()`` — ``warm.py``;
+  free slots), ``._new_conn()``, ``._get_conn()``, ``._put_conn()``, ``._prepare_proxy()`` — ``warm.py``;
   ``urllib3.util.ssl_.SSLContext`` (the class subclassed; ``create_urllib3_context``'s
   settings mirrored, a test compares them) — ``tls.py``.
 - ssl (CPython, and gevent's copy): ``SSLContext.wrap_socket(session=)``,

@@ -17,9 +17,9 @@ holds a fresh connection, and the rounds open nothing. No request is sent, so
 nothing is logged or counted as one and no token is spent.
 
 This reaches into urllib3's pool (``HTTPConnectionPool.pool``, the queue of
-idle connections and free slots; ``_get_conn`` and ``_put_conn``, the calls a
-request makes to take and give back a slot; ``_prepare_proxy``): see the
-package's list.
+idle connections and free slots; ``_new_conn``; ``_get_conn`` and
+``_put_conn``, the calls a request makes to take and give back a slot;
+``_prepare_proxy``): see the package's list.
 """
 
 from __future__ import annotations
@@ -83,9 +83,7 @@ class WarmConnections:
             return "ready"
         if queue.empty():
             return "full"  # every slot carries a stream: the first to end gives its connection back
-        conn = pool._get_conn(timeout=0)  # takes a slot as a request would: the freshest idle connection, or a new one
-        if conn.sock is not None:
-            conn.close()  # open, but idle too long to be kept much longer: replaced
+        conn = pool._new_conn()
         conn.timeout = self.connect_timeout
         try:
             if getattr(pool, "proxy", None) is not None and pool.scheme == "https":
@@ -94,11 +92,17 @@ class WarmConnections:
                 conn.connect()
         except Exception as exc:  # refused, timed out, a certificate not trusted...: the next round tries again
             conn.close()
-            pool._put_conn(conn)
             self.failed += 1
             log.debug("warm connections: could not open one to %s: %s", target.name, exc)
             return "failed"
+        # Only now, ready, does it take a slot: the idle connection it replaces (closed), or a free one. Taken
+        # before the handshake, the pool's one idle connection would be missing for a request meanwhile.
+        if queue.empty():
+            conn.close()
+            return "full"
+        replaced = pool._get_conn(timeout=0)  # no switch to another greenlet between this and the next line
         pool._put_conn(conn)
+        replaced.close()  # an old idle connection, or an unopened one standing for a free slot
         self.opened += 1
         return "opened"
 
