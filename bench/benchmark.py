@@ -149,6 +149,7 @@ class Bench:
                             "floor_cpu_us_per_upstream_chunk": per_million(cpu, upstream_chunks),
                             "floor_cpu_us_per_chunk": per_million(cpu, chunks),
                             "floor_idle_rss_mb": round(idle_rss, 1), "floor_peak_rss_mb": round(rss, 1),
+                            "peak_rss_over_floor_mb": round(figures["peak_rss_mb"] - rss, 1),
                             "floor_ttfb_p99_ratio": ratio(percentile([r.ttfb for r in floored], 99),
                                                           percentile([r.ttfb for r in direct], 99))})
         return figures
@@ -481,6 +482,7 @@ TARGETS = [
     ("markdown", "last_vs_first", "<=", 1.2, "Markdown, 20,000 tokens in 5-token chunks: a chunk's render, last "
                                              "tenth ≤ 1.2 × first"),
     ("tls", "tls_live", ">=", 1000, "1,000 streams from an HTTPS upstream: all live"),
+    ("streams_1000", "peak_rss_over_floor_mb", "<=", 20.0, "1,000 streams: peak RSS ≤ the floor's + 20 MB"),
     ("tls", "tls_cpu_vs_plain", "<=", 1.5, "1,000 streams from an HTTPS upstream: CPU ≤ 1.5 × plain HTTP"),
     ("quiet_spell", "warm_added_after_pause_ms", "<=", 20.0, "after a quiet spell, warm connections: first byte ≤ "
                                                             "20 ms later than on a kept connection (p50)"),
