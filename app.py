@@ -60,7 +60,10 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     relay = Relay(chain, rules, _breaker(settings, shared), settings.fallback_word_delay,
                   hedge_after=settings.llm_hedge_after, interrupter=interrupter)
     relay.listeners.append(access.log_reply)
-    warm_connections(settings, relay).start()
+    warm = warm_connections(settings, relay)
+    if metrics is not None:
+        warm.observers.append(metrics.warm_connection)
+    warm.start()
     if metrics is not None:
         metrics.watch(relay)
     streams = _stream_records(settings, shared)

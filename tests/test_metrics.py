@@ -107,6 +107,9 @@ def worker_holding(stream: OpenStream, pids: list[int]) -> int | None:
 @pytest.mark.processes
 def test_metrics_add_up_every_workers_replies_and_survive_a_worker_being_replaced(metered):
     server, metrics_dir = metered
+    # Each worker opened a connection to the upstream ahead of need at start (warm connections).
+    assert eventually(lambda: total(scrape(server), "streamchat_upstream_warm_connections_total",
+                                    gen_ai_provider_name="openai", result="opened") >= 2)
     before = scrape(server)
     bodies = []
     for i in range(4):  # live, complete

@@ -52,8 +52,9 @@ class WarmConnections:
         self.targets = targets
         self.every = every
         self.connect_timeout = connect_timeout
-        self.opened = 0  # connections opened ahead of need, for the tests and the metrics
+        self.opened = 0  # connections opened ahead of need
         self.failed = 0
+        self.observers: list[Callable[[str, str], None]] = []  # each told (upstream, "opened" or "failed")
 
     def start(self) -> None:
         """Run a round now and then every ``every`` seconds, in a daemon thread (a greenlet under gevent)."""
@@ -64,7 +65,10 @@ class WarmConnections:
         while True:
             for target in self.targets:
                 try:
-                    self.tend(target)
+                    result = self.tend(target)
+                    if result in ("opened", "failed"):
+                        for observer in self.observers:
+                            observer(target.name, result)
                 except Exception:  # a round must never end the rounds
                     log.exception("warm connections: %s", target.name)
             time.sleep(self.every)

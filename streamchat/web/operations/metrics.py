@@ -92,6 +92,9 @@ class Metrics:
         self.hedges = Counter("streamchat_hedges", "Hedges started beside a slow upstream (LLM_HEDGE_AFTER), by the "
                               "hedge's upstream and whether it answered (won) or was closed (lost).",
                               [PROVIDER, "result"])
+        self.warm_connections = Counter(
+            "streamchat_upstream_warm_connections", "Upstream connections opened ahead of need (LLM_WARM_EVERY), by "
+            "upstream and result (opened, failed).", [PROVIDER, "result"])
         self.rate_limited = Counter("streamchat_rate_limited", "Requests refused with a 429 by the rate limit.",
                                     ["endpoint"])
         self.budget_denied = Counter("streamchat_budget_denied",
@@ -134,6 +137,10 @@ class Metrics:
             self.hedges.labels(record.hedge, "won" if record.hedge_won else "lost").inc()
         if record.failures:
             self._note_breakers()
+
+    def warm_connection(self, upstream: str, result: str) -> None:
+        """Count a warm connection opened (or not) ahead of need: a ``WarmConnections`` observer."""
+        self.warm_connections.labels(upstream, result).inc()
 
     def request_finished(self, endpoint: str, status: int) -> None:
         """Count a request that was not a streamed reply."""
