@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 import time
 
 import pytest
@@ -135,6 +136,27 @@ def test_an_idle_connection_the_upstream_closed_is_replaced(session, upstream):
     read_whole(ask(session, upstream, "after-spell"))
     record = upstream.find("after-spell")
     assert record.connection == connections + 1 and upstream.accepted_at[record.connection] < sent
+
+
+def test_the_idle_connection_stays_in_the_pool_while_its_replacement_shakes_hands(ca, bundle, monkeypatch):
+    # A request arriving during the replacement's handshake takes the idle connection, not a handshake of its own.
+    slow = tls_upstream(ca, tls_delay_ms=400)
+    try:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+        session = new_session(10, f"{slow.url}/v1")
+        read_whole(ask(session, slow, "first"))
+        idle = slow.find("first").connection
+        warm = WarmConnections([WarmTarget("slow", session, f"{slow.url}/v1")], every=0.001, connect_timeout=5)
+        time.sleep(0.01)  # the idle connection is now older than ``every``: the round replaces it
+        accepted = slow.accepted
+        round_ = threading.Thread(target=warm.tend, args=(warm.targets[0],))
+        round_.start()
+        assert slow.wait_for(lambda: slow.accepted == accepted + 1)  # the replacement is shaking hands
+        read_whole(ask(session, slow, "during"))
+        round_.join()
+        assert slow.find("during").connection == idle and slow.accepted == accepted + 1
+    finally:
+        slow.stop()
 
 
 def test_nothing_is_opened_while_held_or_when_every_slot_carries_a_stream(bundle, upstream, monkeypatch):

@@ -148,6 +148,7 @@ class FakeUpstream:
         self.tls_delay_ms = tls_delay_ms
         self.idle_close_ms = idle_close_ms
         self.handshakes = self.resumed = self.handshake_failures = self.idle_closed = 0
+        self.accepted = 0  # TCP connections accepted, their TLS handshake done or not
         self.accepted_at: dict[int, float] = {}  # connection number -> when its TCP connection was accepted
         self.closed_idle: set[int] = set()  # the numbers of the connections closed for idling
         self.defaults = {**DEFAULTS, **(defaults or {})}
@@ -246,6 +247,8 @@ class _Handshake(asyncio.Protocol):
         transport.pause_reading()  # the ClientHello waits in the kernel until the delay is over
         self.server._transports.add(transport)
         self.accepted = time.monotonic()
+        self.server.accepted += 1
+        self.server.notify()
         asyncio.ensure_future(self._handshake(transport))
 
     def connection_lost(self, exc):
