@@ -52,8 +52,6 @@ class WarmConnections:
         self.targets = targets
         self.every = every
         self.connect_timeout = connect_timeout
-        self.opened = 0  # connections opened ahead of need
-        self.failed = 0
         self.observers: list[Callable[[str, str], None]] = []  # each told (upstream, "opened" or "failed")
 
     def start(self) -> None:
@@ -96,7 +94,6 @@ class WarmConnections:
                 conn.connect()
         except Exception as exc:  # refused, timed out, a certificate not trusted...: the next round tries again
             conn.close()
-            self.failed += 1
             log.debug("warm connections: could not open one to %s: %s", target.name, exc)
             return "failed"
         # Only now, ready, does it take a slot: the idle connection it replaces (closed), or a free one. Taken
@@ -107,7 +104,6 @@ class WarmConnections:
         replaced = pool._get_conn(timeout=0)  # no switch to another greenlet between this and the next line
         pool._put_conn(conn)
         replaced.close()  # an old idle connection, or an unopened one standing for a free slot
-        self.opened += 1
         return "opened"
 
 
