@@ -13,6 +13,7 @@ from flask.sessions import NullSession, SessionInterface
 
 from streamchat.config import SETTINGS, load_settings, no_provider_hint
 from streamchat.domain.breaker import CircuitBreaker
+from streamchat.domain.cache_key import upstreams_fingerprint
 from streamchat.domain.providers import HTTPProvider, Provider, build_chain
 from streamchat.domain.relay import Relay
 from streamchat.domain.rules import SAMPLE_NOTE, RulesStore
@@ -22,6 +23,7 @@ from streamchat.server.drain import DRAIN
 from streamchat.shared import redis as shared_redis
 from streamchat.shared.breaker import SharedBreaker
 from streamchat.shared.memory_streams import MemoryStreams
+from streamchat.shared.reply_cache import MemoryReplyCache, RedisReplyCache, ReplyCache
 from streamchat.shared.redis_streams import RedisStreams
 from streamchat.shared.streams import StreamRecords
 from streamchat.shared.token_budget import TokenBudgets
@@ -71,10 +73,13 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     if settings.llm_token_budget_per_client or settings.llm_token_budget_global:
         tokens = TokenBudgets(settings.llm_token_budget_per_client, settings.llm_token_budget_global, shared)
         relay.listeners.append(budgets.token_settler(tokens))
+    cache = _reply_cache(settings, shared)
     app.extensions[EXTENSION] = Service(settings=settings, relay=relay, budget=budgets.LiveBudget(settings),
-                                        streams=streams, metrics=metrics, tokens=tokens)
-    if streams is not None:
-        DRAIN.exit_hooks.append(streams.flush)  # the records' last writes, before the worker exits
+                                        streams=streams, metrics=metrics, tokens=tokens, cache=cache,
+                                        upstreams_fingerprint=upstreams_fingerprint(relay.chain))
+    for records in (streams, cache and cache.answers):
+        if records is not None:
+            DRAIN.exit_hooks.append(records.flush)  # the records' last writes, before the worker exits
     log.info("providers: %s", ", ".join(f"{p.name}({p.model})" for p in relay.chain) or no_provider_hint())
 
     for surface in (page, chat, openai, widget, health):
@@ -135,6 +140,16 @@ def _stream_records(settings, shared) -> StreamRecords | None:
     # While it streams a record lives as long as a reply may last, with its grace, and then the ttl.
     return RedisStreams(shared, settings.resume_ttl, timeout=settings.redis_timeout,
                         live_ttl=settings.llm_max_duration + settings.resume_grace + settings.resume_ttl)
+
+
+def _reply_cache(settings, shared) -> ReplyCache | None:
+    """The reply cache: in Redis when ``REDIS_URL`` is set, else this process's memory (or none)."""
+    if not settings.reply_cache_ttl:
+        return None
+    if shared is None:
+        return MemoryReplyCache(settings.reply_cache_ttl)
+    return RedisReplyCache(shared, settings.reply_cache_ttl, timeout=settings.redis_timeout,
+                           longest_reply=settings.llm_max_duration + settings.resume_grace)
 
 
 def _log_rules_reload(store: RulesStore, metrics: Metrics | None) -> None:

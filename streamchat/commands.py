@@ -2,6 +2,7 @@
 
     ./run check-rules [FILE]        (python -m streamchat.commands check-rules [FILE])
     ./run check-upstreams [FILE]    (python -m streamchat.commands check-upstreams [FILE])
+    ./run cache clear               (python -m streamchat.commands cache clear)
 
 ``check-rules`` checks a rules file before it is deployed. Only that file is
 read: no other setting is looked at (a bad one elsewhere is not this
@@ -13,6 +14,9 @@ command's business), nothing else is logged. Without ``FILE``, ``RULES_PATH``
 ``UPSTREAMS_PATH``), its ``${VAR}`` read from the environment and ``.env``:
 prints each upstream (never a key) or the one line that says what is wrong,
 and exits 1 then.
+
+``cache clear`` empties the reply cache: in ``REDIS_URL`` when it is set (every
+instance's), else every worker's memory on this machine (within a second).
 """
 
 from __future__ import annotations
@@ -76,7 +80,36 @@ def check_upstreams(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"check-rules": check_rules, "check-upstreams": check_upstreams}
+def cache(argv: list[str]) -> int:
+    """Empty the reply cache (``cache clear``); return the exit status."""
+    if argv != ["clear"]:
+        print(USAGE, file=sys.stderr)
+        return 2
+    from .shared import redis as shared_redis
+    from .shared.reply_cache import MemoryReplyCache, RedisReplyCache
+
+    read_env_file()
+    try:
+        settings = parse_settings(["REDIS_URL", "REDIS_TIMEOUT", "REPLY_CACHE_TTL"])
+    except ConfigError as exc:
+        print(f"streamchat: configuration error: {exc}", file=sys.stderr)
+        return 2
+    ttl = settings.reply_cache_ttl or 1
+    if not settings.redis_url:
+        MemoryReplyCache(ttl).clear()
+        print("reply cache cleared: every worker on this machine forgets its answers within a second")
+        return 0
+    client = shared_redis.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
+    try:
+        count = RedisReplyCache(client, ttl, timeout=settings.redis_timeout, longest_reply=0).clear()
+    except shared_redis.ERRORS as exc:
+        print(f"streamchat: cannot reach Redis to clear the reply cache: {exc}", file=sys.stderr)
+        return 1
+    print(f"reply cache cleared: {count} question{'s' if count != 1 else ''} forgotten, in Redis")
+    return 0
+
+
+COMMANDS = {"check-rules": check_rules, "check-upstreams": check_upstreams, "cache": cache}
 
 
 def main(argv: list[str]) -> int:

@@ -312,6 +312,13 @@ class Settings:
     resume_grace: float = _setting(
         _non_negative_seconds, "10", "Seconds a reply goes on being produced and recorded after its client left, "
         "for the client to come back; `0` closes the upstream at once.")
+    reply_cache_ttl: float = _setting(
+        _non_negative_seconds, "3600", "Seconds a complete live reply answers the same question again (a hit: no model "
+        "call, no tokens), and identical questions asked while it streams follow it (joined). Kept in `REDIS_URL` "
+        "(every instance), else in each worker's memory (16 MB, oldest out first). `0`: off.")
+    reply_cache_turns: int = _setting(
+        _positive_int, "1", "Most user messages a conversation may have for its reply to be cached: `1` caches "
+        "first questions only (the suggestion buttons, the usual openers).")
     # Empty in the table: load_settings fills in REDIS_URL, else memory://.
     ratelimit_storage_uri: str = _setting(
         _text, "", "Where rate limits and budgets count, if not in `REDIS_URL`: `memory://` counts per worker "

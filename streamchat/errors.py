@@ -12,7 +12,9 @@ and mapped from ``requests``/``urllib3`` exceptions in exactly one place
     │   └── UpstreamServerError    500/502/503/529, or an error event inside the stream
     ├── ProviderRejected           our request or key is wrong (400/401/403/404/413, or an in-stream
     │                              error about this request): log loudly, never cool the provider down
-    └── BadStream                  a body that is not the SSE we expected, or that ends with no text
+    ├── BadStream                  a body that is not the SSE we expected, or that ends with no text
+    └── FollowedReplyBroke         the identical question's reply this one followed (the reply cache's
+                                   join) ended cut short or stopped, or its producer died
 
     ClientDisconnected             not the provider's failure: the client went away (thrown into the
                                    request's greenlet by ``streamchat.server.disconnect``)
@@ -102,3 +104,7 @@ class BadStream(ProviderError):
     """The body was not the stream the protocol promises, or it ended before any text."""
 
     reason = "bad_stream"
+
+
+class FollowedReplyBroke(ProviderError):
+    """The reply this one followed (an identical question in flight) ended before its end."""

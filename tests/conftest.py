@@ -60,6 +60,8 @@ def _no_real_settings(monkeypatch):
     # An in-process app lives as long as its test, its warm-connection thread as long as the test process,
     # opening connections to the shared fake upstream: tests/test_warm_tls.py turns it on where it is tested.
     monkeypatch.setenv("LLM_WARM_EVERY", "0")
+    # Tests ask the same question many times, each meant as a model call: tests/test_reply_cache.py turns it on.
+    monkeypatch.setenv("REPLY_CACHE_TTL", "0")
 
 
 @pytest.fixture(scope="session")

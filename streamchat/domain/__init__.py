@@ -10,5 +10,6 @@ answered, what it cost, how it ended), ``breaker`` (the circuit breaker),
 ``provider_facts`` (each API's name, settings and defaults, without its code),
 ``rules`` (the keyword responder and its file checks), ``validation`` (a chat
 request's body to messages), ``usage`` (token counts, estimates and
-reservations) and ``sse`` (a pure Server-Sent Events decoder).
+reservations), ``cache_key`` (which questions the reply cache takes for the
+same one) and ``sse`` (a pure Server-Sent Events decoder).
 """

@@ -70,5 +70,6 @@ class ReplyRecord:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (provider, reason), in chain order
     hedge: str = ""  # the upstream started beside a slow one (LLM_HEDGE_AFTER), if any
     hedge_won: bool = False  # whether that hedge wrote first and answered
+    cache: str = ""  # a question the reply cache keeps: hit, joined (an identical one in flight) or miss
     caller: Caller | None = None  # None for a reply no web request asked for
     tokens: TokenHold = field(default_factory=TokenHold)

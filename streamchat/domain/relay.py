@@ -14,6 +14,11 @@ included) is the web layer's job, one framer per wire format.
 When a reply closes, its final ``ReplyRecord`` goes to every function in
 ``Relay.listeners`` (the access log, metrics): one hook for every way a reply
 ends.
+
+A reply others follow (the reply cache's identical questions in flight) has a
+``Tap``: it sees every piece of text and the ending, and a reply whose own
+client leaves or stops while someone still follows it is carried on to its end
+in the background rather than closed.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import queue
 import re
+import threading
 import time
 from typing import Any, Callable, Iterator, Protocol
 
@@ -52,6 +58,23 @@ class Responder(Protocol):
         non-empty ``"error"`` when it needs attention."""
 
 
+#: Seconds between looks, while a reply is carried on for its followers, at whether anyone still follows.
+FOLLOWERS_CHECK = 0.5
+
+
+class Tap(Protocol):
+    """What a reply others follow hands its text to (``web.answers.AnswerTap``)."""
+
+    def piece(self, text: str) -> None:
+        """Take one piece of text, as it is handed out."""
+
+    def followed(self) -> bool:
+        """Whether anyone besides the reply's own client still follows it."""
+
+    def ended(self, record: ReplyRecord, usage: Usage | None) -> None:
+        """Take the reply's ending: ``record.ended`` says how (``open``: it was closed before its end)."""
+
+
 class OpenStreams:
     """How many replies are streaming now in this process (for /healthz, metrics and leak checks)."""
 
@@ -69,12 +92,14 @@ class OpenStreams:
 class Reply:
     """A reply whose mode is decided; ``text()`` streams it, ``close()`` ends it however far it got."""
 
-    __slots__ = ("record", "usage", "_first", "_rest", "_on_close", "_relay", "_texts", "_released", "_closed")
+    __slots__ = ("record", "usage", "tap", "_first", "_rest", "_on_close", "_relay", "_texts", "_released",
+                 "_closed")
 
     def __init__(self, record: ReplyRecord, first: str, rest: Iterator[str], on_close: Callable[[], None] | None,
                  relay: "Relay", usage: Usage | None = None):
         self.record = record
         self.usage = usage  # what the upstream reports, as it reports it (None in fallback)
+        self.tap: Tap | None = None  # set before text() by a reply others follow
         self._first = first
         self._rest = rest
         self._on_close = on_close
@@ -89,15 +114,19 @@ class Reply:
         return self._texts
 
     def _stream(self) -> Iterator[str]:
-        record = self.record
+        record, tap = self.record, self.tap
         self._relay.open_streams.change(+1)
         try:
             record.first_byte_at = time.perf_counter()
             record.chunks, record.chars = 1, len(self._first)
+            if tap is not None:
+                tap.piece(self._first)
             yield self._first
             for text in self._rest:
                 record.chunks += 1
                 record.chars += len(text)
+                if tap is not None:
+                    tap.piece(text)
                 yield text
             record.ended = COMPLETE
         except ProviderError as exc:
@@ -115,6 +144,8 @@ class Reply:
         finally:
             self._relay.open_streams.change(-1)
             self._release()
+            if tap is not None:
+                tap.ended(record, self.usage)
 
     def _release(self) -> None:
         # Close the upstream at once, and run the caller's callback (the client watch stops).
@@ -130,10 +161,34 @@ class Reply:
                 self._on_close()
 
     def close(self) -> None:
-        """End the reply wherever it is (a client that left ends it here) and hand its record to the listeners."""
+        """End the reply wherever it is (a client that left ends it here) and hand its record to the listeners.
+
+        A reply someone else still follows is not ended: it is carried on in the background, and ends when
+        its text does or nobody follows any more.
+        """
         if self._closed:
             return
         self._closed = True
+        if self._texts is not None and self.record.ended == OPEN and self.tap is not None and self.tap.followed():
+            threading.Thread(target=self._carry_on, name="reply-followed", daemon=True).start()
+            return
+        self._end()
+
+    def _carry_on(self) -> None:
+        next_look = time.monotonic() + FOLLOWERS_CHECK
+        try:
+            for _ in self._texts:  # the tap hands each piece to the followers
+                if time.monotonic() >= next_look:
+                    next_look = time.monotonic() + FOLLOWERS_CHECK
+                    if not self.tap.followed():
+                        log.info("nobody follows the reply any more: closing its upstream")
+                        break
+        except Exception:
+            log.exception("a followed reply failed while carried on")
+        finally:
+            self._end()
+
+    def _end(self) -> None:
         try:
             if self._texts is not None:
                 self._texts.close()  # its finally closes the upstream

@@ -7,8 +7,9 @@ circuit breaker, shared through one expiring key per provider and a pub/sub
 channel, so skipping a provider costs no round trip), ``token_budget`` (token
 reservations and their settlement, in Redis or in memory), ``streams`` (the
 one interface of stream records), ``memory_streams`` (records in one
-process's memory) and ``redis_streams`` (in Redis, written in batches by one
-flusher per process).
+process's memory), ``redis_streams`` (in Redis, written in batches by one
+flusher per process) and ``reply_cache`` (answers kept as stream records and
+found by their question's key, in Redis or in memory).
 
 It imports the domain and nothing of the web layer; the web layer and
 ``app.py`` import it.

@@ -27,6 +27,7 @@ class _Record:
     body: bytearray = field(default_factory=bytearray)
     state: str = STREAMING
     cut_reason: str = ""
+    trailer: str = ""
     readers: int = 0
     last_read: float = 0.0  # monotonic time a reader last looked
     expires: float | None = None  # monotonic time, once it ended
@@ -62,11 +63,11 @@ class MemoryStreams(StreamRecords):
             if self._waiting:
                 self._notify()
 
-    def finish(self, stream_id: str, state: str, cut_reason: str = "") -> None:
+    def finish(self, stream_id: str, state: str, cut_reason: str = "", trailer: str = "") -> None:
         record = self._records.get(stream_id)
         if record is None or record.state != STREAMING:
             return
-        record.state, record.cut_reason = state, cut_reason
+        record.state, record.cut_reason, record.trailer = state, cut_reason, trailer
         record.expires = self.clock() + self.ttl
         heapq.heappush(self._expiry, (record.expires, stream_id))
         self._kept += len(record.body)
@@ -83,7 +84,7 @@ class MemoryStreams(StreamRecords):
 
     def info(self, stream_id: str) -> StreamInfo:
         record = self._record(stream_id)
-        return StreamInfo(record.state, len(record.body), dict(record.headers), record.cut_reason)
+        return StreamInfo(record.state, len(record.body), dict(record.headers), record.cut_reason, record.trailer)
 
     def check_offset(self, stream_id: str, offset: int, wait: float) -> None:
         record = self._record(stream_id)

@@ -4,8 +4,11 @@ Each reply has two keys, expiring ``RESUME_TTL`` seconds after it ends:
 
 - ``streamchat:stream:<id>``, a Redis Stream of the body's bytes in batches (field ``d``), closed by one
   entry saying how it ended (fields ``end`` and ``reason``);
-- ``streamchat:stream:<id>:meta``, a hash: the reply's headers (``headers``, JSON), ``state``, and ``hb``
-  and ``reader``, the Unix times the producer last beat and a reader last looked.
+- ``streamchat:stream:<id>:meta``, a hash: the reply's headers (``headers``, JSON), ``state``, ``trailer``
+  (what the producer added at the end), and ``hb`` and ``reader``, the Unix times the producer last beat
+  and a reader last looked.
+
+(The reply cache keeps its answers in a store of its own, under ``streamchat:answer:``.)
 
 Writing costs the producing worker no round trip per reply or token: ``start``, ``append`` and
 ``finish`` only buffer, and one flusher per process creates, fills and ends every record, with every
@@ -43,12 +46,12 @@ HEARTBEAT_EVERY = 1.0
 DEAD_AFTER = 5.0  # seconds without a heartbeat after which a reader takes the producer for dead
 
 # One call per flush. KEYS: stream, meta for each reply; ARGV: now, ttl while streaming, ttl once ended, then
-# for each reply its headers (JSON, only in the first batch), data, end state and reason (both only in the last).
+# for each reply its headers (JSON, only in the first batch), data, end state, reason and trailer (only in the last).
 FLUSH = """
 local now, live_ttl, ttl = ARGV[1], ARGV[2], ARGV[3]
 for i = 1, #KEYS / 2 do
     local stream, meta = KEYS[2 * i - 1], KEYS[2 * i]
-    local at = 3 + (i - 1) * 4
+    local at = 3 + (i - 1) * 5
     local headers, data, ending, reason = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
     if headers ~= "" then
         redis.call("hset", meta, "headers", headers, "state", "streaming", "reader", 0)
@@ -58,7 +61,7 @@ for i = 1, #KEYS / 2 do
     end
     if ending ~= "" then
         redis.call("xadd", stream, "*", "end", ending, "reason", reason)
-        redis.call("hset", meta, "state", ending, "reason", reason, "hb", now)
+        redis.call("hset", meta, "state", ending, "reason", reason, "trailer", ARGV[at + 5], "hb", now)
         redis.call("pexpire", stream, ttl)
         redis.call("pexpire", meta, ttl)
     else
@@ -79,6 +82,7 @@ class _Batch:
     data: bytearray = field(default_factory=bytearray)
     ending: str = ""  # the end state, once the reply ended
     reason: str = ""
+    trailer: str = ""
 
 
 def _unavailable_while_redis_is_away(method):
@@ -99,8 +103,11 @@ class RedisStreams(StreamRecords):
 
     shared = True
 
-    def __init__(self, client: redis.Redis, ttl: float, live_ttl: float, timeout: float):
+    def __init__(self, client: redis.Redis, ttl: float, live_ttl: float, timeout: float, *,
+                 prefix: str = PREFIX, stops: bool = True):
         self.client = client
+        self.prefix = prefix
+        self.stops = stops  # whether its replies can be stopped (a listener per process)
         # A blocking read must return before the client's socket timeout (REDIS_TIMEOUT) calls Redis dead.
         self.block_ms = max(10, int(timeout * 1000 * 0.6))
         self.ttl_ms = int(ttl * 1000)
@@ -134,15 +141,15 @@ class RedisStreams(StreamRecords):
         if len(batch.data) >= FLUSH_BYTES:
             self.flush()
 
-    def finish(self, stream_id: str, state: str, cut_reason: str = "") -> None:
+    def finish(self, stream_id: str, state: str, cut_reason: str = "", trailer: str = "") -> None:
         self._producers.pop(stream_id, None)
         batch = self._batches.get(stream_id)
         if batch is not None and not batch.ending:
-            batch.ending, batch.reason = state, cut_reason
+            batch.ending, batch.reason, batch.trailer = state, cut_reason, trailer
 
     def has_reader(self, stream_id: str, within: float) -> bool:
         try:
-            seen = float(self.client.hget(PREFIX + stream_id + ":meta", "reader") or 0)
+            seen = float(self.client.hget(self.prefix + stream_id + ":meta", "reader") or 0)
         except ERRORS:
             return False
         return time.time() - seen < within
@@ -156,8 +163,8 @@ class RedisStreams(StreamRecords):
             for stream_id, batch in list(self._batches.items()):
                 if not (batch.headers or batch.data or batch.ending or beat):
                     continue
-                keys += [PREFIX + stream_id, PREFIX + stream_id + ":meta"]
-                args += [batch.headers, bytes(batch.data), batch.ending, batch.reason]
+                keys += [self.prefix + stream_id, self.prefix + stream_id + ":meta"]
+                args += [batch.headers, bytes(batch.data), batch.ending, batch.reason, batch.trailer]
                 batch.headers, batch.data = "", bytearray()
                 if batch.ending:
                     del self._batches[stream_id]
@@ -184,7 +191,8 @@ class RedisStreams(StreamRecords):
         if state == STREAMING and time.time() - float(meta.get("hb") or 0) > DEAD_AFTER:
             state = CUT_SHORT
         body = self._body(stream_id)
-        return StreamInfo(state, len(body), json.loads(meta["headers"]), meta.get("reason", ""))
+        return StreamInfo(state, len(body), json.loads(meta["headers"]), meta.get("reason", ""),
+                          meta.get("trailer", ""))
 
     @_unavailable_while_redis_is_away
     def check_offset(self, stream_id: str, offset: int, wait: float) -> None:
@@ -205,7 +213,7 @@ class RedisStreams(StreamRecords):
             raise RecordsUnavailable(str(exc)) from exc
 
     def _read(self, stream_id: str, offset: int) -> Iterator[bytes]:
-        stream, meta = PREFIX + stream_id, PREFIX + stream_id + ":meta"
+        stream, meta = self.prefix + stream_id, self.prefix + stream_id + ":meta"
         position, last_id = 0, "0-0"
         while True:
             self.client.hset(meta, "reader", time.time())
@@ -239,17 +247,17 @@ class RedisStreams(StreamRecords):
     # -- internals ------------------------------------------------------------------------------
 
     def _meta(self, stream_id: str) -> dict:
-        meta = self.client.hgetall(PREFIX + stream_id + ":meta")
+        meta = self.client.hgetall(self.prefix + stream_id + ":meta")
         if not meta:
             # The id may be a few ms old: its record is created by the next flush. Look once more then.
             time.sleep(3 * FLUSH_EVERY)
-            meta = self.client.hgetall(PREFIX + stream_id + ":meta")
+            meta = self.client.hgetall(self.prefix + stream_id + ":meta")
         if not meta:
             raise UnknownStream(stream_id)
         return meta
 
     def _body(self, stream_id: str) -> bytes:
-        entries = self.client.xrange(PREFIX + stream_id)
+        entries = self.client.xrange(self.prefix + stream_id)
         return b"".join(f["d"].encode() for _, f in entries if "d" in f)
 
     def _run_here(self) -> None:
@@ -258,7 +266,8 @@ class RedisStreams(StreamRecords):
             return
         self._pid = os.getpid()
         threading.Thread(target=self._flush_forever, name="streamchat-flusher", daemon=True).start()
-        threading.Thread(target=self._listen_for_stops, name="streamchat-stops", daemon=True).start()
+        if self.stops:
+            threading.Thread(target=self._listen_for_stops, name="streamchat-stops", daemon=True).start()
 
     def _flush_forever(self) -> None:
         while True:

@@ -50,6 +50,7 @@ class StreamInfo:
     bytes: int
     headers: dict[str, str]
     cut_reason: str = ""
+    trailer: str = ""  # what the producer added at the end (the reply cache's usage, JSON)
 
 
 class StreamRecords(ABC):
@@ -69,8 +70,8 @@ class StreamRecords(ABC):
         """Add ``data`` to the body; never waits on the network."""
 
     @abstractmethod
-    def finish(self, stream_id: str, state: str, cut_reason: str = "") -> None:
-        """End the record as ``state``; from now on it expires after the store's ttl."""
+    def finish(self, stream_id: str, state: str, cut_reason: str = "", trailer: str = "") -> None:
+        """End the record as ``state`` (with a ``trailer`` for its readers); from now it expires after the ttl."""
 
     @abstractmethod
     def has_reader(self, stream_id: str, within: float) -> bool:

@@ -93,8 +93,10 @@ def status_of(base: str, path: str, timeout: float = 1) -> int:
 def clean_env(**overrides: str) -> dict[str, str]:
     """Return this process's environment without any real setting, on loopback, plus ``overrides``."""
     env = {k: v for k, v in os.environ.items() if k not in REAL_SETTINGS and k != TIER_VARIABLE}
+    # REPLY_CACHE_TTL=0: tests and benchmark scenarios ask the same question again and again, each meant as
+    # a model call; the reply cache's own tests and the bench's "suggestions" scenario turn it on.
     env.update(ENV_FILE="", HOST=HOST, PYTHONUNBUFFERED="1", CHAT_RATE_LIMIT="100000/minute",
-               RULES_PATH=str(REPO / "rules.yaml"))
+               RULES_PATH=str(REPO / "rules.yaml"), REPLY_CACHE_TTL="0")
     env.update({k: str(v) for k, v in overrides.items()})
     return env
 

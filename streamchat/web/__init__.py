@@ -4,7 +4,10 @@
   API, the OpenAI-compatible API, the widget). Each parses its request into a
   ``ChatRequest`` and picks a framer.
 - ``opening``: the one path from a ``ChatRequest`` to a reply's first byte
-  (the record, the budgets, the token reservation, the client watch, the relay).
+  (the record, the reply cache, the budgets, the token reservation, the client
+  watch, the relay).
+- ``answers``: the reply cache's side of that path: a hit, a join of the same
+  question in flight, and the answer a claimed question's reply writes.
 - ``framing``: a reply's text and ending as the bytes of one wire format, and
   the response that carries them (streamed, whole, or recorded for resuming).
 - ``guards``: rate limits, budgets, request bodies within bounds, security

@@ -11,14 +11,17 @@ hard rate limit, a decorator from ``guards.limits``, ran before the body was
 even read):
 
 1. the record: a ``ReplyRecord`` with the request's ``Caller`` and start time;
-2. the live-model budget (``guards.budgets.LiveBudget``), unless the request
+2. the reply cache (``answers``): a complete answer to the same question, or the
+   same question's reply in flight, answers it now, spending nothing more; else
+   the question is claimed, for others to follow this reply;
+3. the live-model budget (``guards.budgets.LiveBudget``), unless the request
    asked for the rules;
-3. the token reservation (``guards.budgets.reserve_tokens``), held in the
+4. the token reservation (``guards.budgets.reserve_tokens``), held in the
    record's ``TokenHold`` and released if no reply opens;
-4. the client watch (``server.disconnect``): a client that leaves while the
+5. the client watch (``server.disconnect``): a client that leaves while the
    model is awaited ends the wait, except for a recorded reply, which
    outlives its client for ``RESUME_GRACE``;
-5. the relay: the first provider that produces text in time (with ``LLM_HEDGE_AFTER``, the next one
+6. the relay: the first provider that produces text in time (with ``LLM_HEDGE_AFTER``, the next one
    started beside a slow one, its tokens reserved by ``guards.budgets.hedge_reserver``), else the rules.
 
 Adding a wire format touches only its parser (``surfaces``) and its framer
@@ -38,6 +41,7 @@ from ..domain.relay import Reply
 from ..domain.validation import Limits
 from ..server.disconnect import watch_client
 from ..shared.streams import StreamRecords
+from .answers import AnswerTap, answered_reply, find_answer, question_key
 from .framing.recorded import recorded_response
 from .framing.response import reply_response, whole_response
 from .guards.budgets import hedge_reserver, release_tokens, reserve_tokens
@@ -59,6 +63,8 @@ class ChatRequest:
     model: str | None = None  # a provider or model to try first (``/v1``'s "model")
     rules_requested: bool = False  # answer from the rules without trying a model
     resumable: bool = False  # the wire format can be recorded and read again (``X-Stream-Id``)
+    api: str = "chat"  # which API asks: the reply cache keeps each one's answers apart
+    fresh: bool = False  # the client asked for a new answer: the reply cache finds nothing (it keeps this one)
 
 
 def chat_limits() -> Limits:
@@ -74,12 +80,27 @@ def open_reply(asked: ChatRequest) -> OpenedReply:
     messages = asked.messages
     record = ReplyRecord(started=request_started(),
                          caller=caller(asked.service_key, messages[-1]["content"] if settings.log_user_text else None))
+    records = svc.streams if asked.resumable else None
+    grace = settings.resume_grace if records is not None else 0
+    tap = None
+    key = None if asked.rules_requested else question_key(
+        svc.cache, svc.relay, settings, messages=messages, options=asked.options, model=asked.model,
+        scope=f"{asked.api}:{asked.service_key or ''}", upstreams=svc.upstreams_fingerprint)
+    if key is not None:
+        record.cache = "miss"
+        found = find_answer(svc.cache, key, fresh=asked.fresh, pending_for=_longest_first_text(svc))
+        if found.kind in ("hit", "joined"):
+            reply = answered_reply(svc.cache, found, record, svc.relay)
+            if reply is not None:  # its live budget, counted with the rate limits, goes back (counted_chat)
+                g.reply_record = record
+                return OpenedReply(reply, records, grace)
+            record.cache = "miss"  # the answer it joined broke before its first piece: this one asks on its own
+        elif found.kind == "miss":
+            tap = AnswerTap(svc.cache, key, found.answer_id)
     live_denied = RULES_REQUESTED if asked.rules_requested else svc.budget.live_denied(asked.client)
     live_possible = live_denied is None and bool(svc.relay.chain)
     live_denied = reserve_tokens(svc.tokens, record.tokens, asked.client, messages, settings,
                                  asked.options.max_tokens, live_possible) or live_denied
-    records = svc.streams if asked.resumable else None
-    grace = settings.resume_grace if records is not None else 0
     # With a grace period the reply outlives its client, so a client that leaves must not end it at once.
     watch = watch_client(request.environ) if not grace else None
     prefer = next((p.name for p in svc.relay.chain if asked.model in (p.model, p.name)), None) if asked.model else None
@@ -90,9 +111,24 @@ def open_reply(asked: ChatRequest) -> OpenedReply:
                                record=record, options=asked.options, prefer=prefer, may_hedge=may_hedge)
     except BaseException:
         release_tokens(svc.tokens, record.tokens)
+        if tap is not None:
+            svc.cache.release(tap.key, tap.answer_id)
         raise
+    if tap is not None:
+        if record.mode == "live" and tap.start(record):
+            reply.tap = tap
+            if watch is not None:  # others may follow this reply: its client leaving must not end it at once
+                watch.stop()
+        else:  # the rules answered: whoever waits for this answer asks on their own
+            svc.cache.release(tap.key, tap.answer_id)
     g.reply_record = record  # the access log leaves this request to log_reply, when the reply closes
     return OpenedReply(reply, records, grace)
+
+
+def _longest_first_text(svc) -> float:
+    """Seconds a claimed question may wait for its model's first text before others stop waiting for it."""
+    settings = svc.settings
+    return settings.llm_connect_timeout + settings.llm_first_token_timeout * max(1, len(svc.relay.chain))
 
 
 @dataclass

@@ -9,6 +9,7 @@ from flask import current_app
 
 from ..config import Settings
 from ..domain.relay import Relay
+from ..shared.reply_cache import ReplyCache
 from ..shared.streams import StreamRecords
 from ..shared.token_budget import TokenBudgets
 
@@ -29,6 +30,8 @@ class Service:
     streams: StreamRecords | None  # where replies are recorded for resuming; None with RESUME_TTL=0
     metrics: Metrics | None = None  # None unless METRICS_TOKEN is set
     tokens: TokenBudgets | None = None  # None unless a token budget is set
+    cache: ReplyCache | None = None  # the reply cache; None with REPLY_CACHE_TTL=0
+    upstreams_fingerprint: str = ""  # the configured upstreams' names, models and prompts: part of a cache key
     widget_bundle: str | None = None  # /widget.js, built on its first request
 
 

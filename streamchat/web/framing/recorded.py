@@ -17,6 +17,11 @@ the client and appends each chunk to the stream record as it goes. How it ends:
   same interruption ends the reply as cut short by the restart, with its notice,
   recorded too (a reader that comes back gets it, and can ask again).
 
+A reply that others follow (the same question asked while it streams: the reply
+cache's join) is not its client's alone: a stop ends this client's response at
+the next chunk, and the record as ``stopped``, but the reply itself is carried on
+for the others (``Reply.close``); a client gone for good hands it over the same way.
+
 A client that leaves is noticed when a write to it fails (the disconnect watch
 would end the upstream read at once, so it is not started while resume is on).
 """
@@ -143,9 +148,10 @@ class RecordedReply:
                     if self.store.has_reader(self.stream_id, within=GRACE_CHECK * 2):
                         grace_ends = now + self.grace
                     elif now >= grace_ends:
-                        log.info("nobody came back for stream %s within %g s: closing its upstream",
-                                 self.stream_id[:8], self.grace)
-                        self.reply.record.ended = CLIENT_GONE
+                        if not self._followed():  # else closing the reply carries it on for those who follow it
+                            log.info("nobody came back for stream %s within %g s: closing its upstream",
+                                     self.stream_id[:8], self.grace)
+                            self.reply.record.ended = CLIENT_GONE
                         return
             self.finished = True
         except ReplyStopped:  # _end records it as stopped
@@ -165,6 +171,8 @@ class RecordedReply:
     def stop(self) -> None:
         """End the reply now, from any greenlet: it is recorded as ``stopped``."""
         self.stopping = True
+        if self._followed():
+            return  # seen between two chunks: interrupted where it waits, the upstream would close for all
         interrupt = self._interrupt
         if interrupt is not None:
             interrupt(ReplyStopped(), lambda: self._interrupt is interrupt)
@@ -178,11 +186,15 @@ class RecordedReply:
             interrupt(error, lambda: self._interrupt is interrupt and not self._appending
                       and self.reply.record.ended == OPEN)
 
+    def _followed(self) -> bool:
+        tap = self.reply.tap
+        return tap is not None and self.reply.record.ended == OPEN and tap.followed()
+
     def _end(self) -> None:
         self._interrupt = None
         DRAIN.unregister(self._drain_key)
         record = self.reply.record
-        if self.stopping and record.ended == OPEN:
+        if self.stopping and record.ended == OPEN and not self._followed():
             record.ended = STOPPED  # stopped between two chunks, or while the client's write waited
         elif self.restarting and record.ended == OPEN:
             record.ended, record.cut_reason = CUT_SHORT, RESTARTING  # while the client's write waited
@@ -191,6 +203,7 @@ class RecordedReply:
             if close is not None:
                 close()
         finally:
-            self.reply.close()  # the upstream, the listeners
+            self.reply.close()  # the upstream, the listeners (or carried on, for those who follow it)
             record = self.reply.record
-            self.store.finish(self.stream_id, STATE_OF_ENDING.get(record.ended, records.CUT_SHORT), record.cut_reason)
+            state = records.STOPPED if self.stopping else STATE_OF_ENDING.get(record.ended, records.CUT_SHORT)
+            self.store.finish(self.stream_id, state, record.cut_reason)

@@ -37,6 +37,8 @@ def reply_headers(reply: Reply) -> dict[str, str]:
         headers["X-Terminal-Model"] = record.model
     if record.mode == "fallback":
         headers["X-Terminal-Reason"] = record.reason
+    if record.cache:
+        headers["X-Terminal-Cache"] = record.cache
     if record.tokens.remaining is not None:
         headers["X-Token-Budget-Remaining"] = str(record.tokens.remaining)
     return headers

@@ -190,6 +190,8 @@ def log_reply(record: ReplyRecord) -> None:
     if record.mode == "live":
         line.update(input_tokens=record.input_tokens, output_tokens=record.output_tokens,
                     tokens_estimated=record.tokens_estimated)
+    if record.cache:
+        line["cache"] = record.cache
     if record.hedge:
         line["hedge"] = f"{record.hedge}:{'won' if record.hedge_won else 'lost'}"
     if record.rule:

@@ -27,6 +27,16 @@ def resume_health(svc: Service) -> dict:
     return health
 
 
+def cache_health(svc: Service) -> dict:
+    """Report where the reply cache keeps its answers, and for how long."""
+    if svc.cache is None:
+        return {"store": "none: REPLY_CACHE_TTL=0, every question asks a model"}
+    health = svc.cache.health()
+    if not svc.cache.shared:
+        health["note"] = "this worker's answers only: each worker asks a model once for each question"
+    return health
+
+
 def shared_health(svc: Service) -> dict:
     """Report what this worker shares with the others (``REDIS_URL``), and whether it can now."""
     url = svc.settings.redis_url
@@ -66,7 +76,7 @@ def healthz():
     svc = service()
     body = {"status": "ok", **svc.relay.health(), "rate_limit": storage_health(),
             "token_budget": svc.tokens.health() if svc.tokens else {"budget": "none"},
-            "shared": shared_health(svc), "resume": resume_health(svc)}
+            "shared": shared_health(svc), "resume": resume_health(svc), "reply_cache": cache_health(svc)}
     if (body["rules"]["error"] or not body["rate_limit"]["healthy"] or not body["shared"]["healthy"]
             or not body["resume"].get("healthy", True) or not body["token_budget"].get("healthy", True)):
         body["status"] = "degraded"

@@ -36,6 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ...domain.record import CUT_SHORT, RESTARTING, ReplyRecord
 from ...domain.relay import Relay
+from ...shared.reply_cache import HIT, JOINED
 
 PROVIDER, MODEL = "gen_ai_provider_name", "gen_ai_request_model"
 TTFB_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 12, 20)
@@ -95,6 +96,12 @@ class Metrics:
         self.warm_connections = Counter(
             "streamchat_upstream_warm_connections", "Upstream connections opened ahead of need (LLM_WARM_EVERY), by "
             "upstream and result (opened, failed).", [PROVIDER, "result"])
+        self.reply_cache = Counter(
+            "streamchat_reply_cache", "Questions the reply cache keeps (REPLY_CACHE_TTL), by result: hit (a complete "
+            "answer), joined (an identical question in flight), miss (a model was asked).", ["endpoint", "result"])
+        self.tokens_saved = Counter(
+            "streamchat_reply_cache_saved_tokens", "Tokens hits and joins did not spend, by type: the original "
+            "reply's usage.", ["gen_ai_token_type"])
         self.rate_limited = Counter("streamchat_rate_limited", "Requests refused with a 429 by the rate limit.",
                                     ["endpoint"])
         self.budget_denied = Counter("streamchat_budget_denied",
@@ -125,7 +132,12 @@ class Metrics:
             self.duration.labels(record.mode, provider).observe(record.ended_at - record.started)
         for failed, why in record.failures:  # "groq#2": the upstream, without the key's position
             self.upstream_failures.labels(failed.split("#", 1)[0], why).inc()
-        if record.mode == "live":
+        if record.cache:
+            self.reply_cache.labels(endpoint, record.cache).inc()
+        if record.cache in (HIT, JOINED):  # the original reply spent (and counted) these
+            self.tokens_saved.labels("input").inc(record.input_tokens)
+            self.tokens_saved.labels("output").inc(record.output_tokens)
+        elif record.mode == "live":
             if record.ended == CUT_SHORT and record.cut_reason != RESTARTING:
                 self.upstream_failures.labels(provider, record.cut_reason).inc()
             estimated = "true" if record.tokens_estimated else "false"

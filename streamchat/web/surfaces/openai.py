@@ -55,11 +55,18 @@ def chat_completions():
         # The budgets' client: the key, or the key's end user when the request names one.
         client=f"{g.service_key}:{parsed.user}" if parsed.user else g.service_key,
         options=Options(max_tokens=parsed.max_tokens, temperature=parsed.temperature),
-        service_key=g.service_key, model=parsed.model, rules_requested=parsed.model == RULES_MODEL))
+        service_key=g.service_key, model=parsed.model, rules_requested=parsed.model == RULES_MODEL, api="v1",
+        fresh=wants_fresh_answer(request.headers.get("Cache-Control"))))
     completion_id = new_completion_id()
     if parsed.stream:
         return opened.stream(lambda reply: chunks(reply, completion_id, parsed.include_usage), openai_sse.CONTENT_TYPE)
     return opened.whole(lambda reply, texts: json.dumps(completion(reply, completion_id, texts)), "application/json")
+
+
+def wants_fresh_answer(cache_control: str | None) -> bool:
+    """Whether the client asked for a new answer (``Cache-Control: no-cache`` or ``no-store``), not a cached one."""
+    directives = {part.strip().split("=", 1)[0].lower() for part in (cache_control or "").split(",")}
+    return bool(directives & {"no-cache", "no-store"})
 
 
 @bp.get("/models")

@@ -1,0 +1,275 @@
+"""The reply cache: answers kept as stream records, found by the question's key.
+
+An answer is a stream record (``streams.StreamRecords``) of a live reply's text, one
+JSON string a piece (a newline after each), with the provider and model as its
+headers and the upstream's usage as its trailer. The cache maps a question's key
+(``domain.cache_key``) to the answer being written for it or written already, so
+one mechanism gives both:
+
+- an answer that ended ``complete`` is a **hit**: its text, at once;
+- an answer still streaming is **joined**: followed from its first piece, live;
+- a key claimed by a request still waiting for its model's first text is
+  **pending**: the asker looks again shortly;
+- anything else (no answer, an answer cut short or stopped, a dead producer, a
+  claim older than a first text can take) is a **miss**, and the asker's claim
+  replaces it: its own answer is the one others find from now.
+
+``MemoryReplyCache`` keeps answers in the worker's memory (bounded, oldest out
+first); ``RedisReplyCache`` in the ``REDIS_URL`` Redis, shared by every worker of
+every instance, looking up and claiming in one script call. With Redis away a
+look finds nothing and claims nothing (``off``): no cache, no error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .memory_streams import MemoryStreams
+from .outage import Outage
+from .redis import ERRORS
+from .redis_streams import DEAD_AFTER, RedisStreams
+from .streams import COMPLETE, STREAMING, StreamRecords, UnknownStream
+
+log = logging.getLogger("streamchat")
+
+HIT, JOINED, PENDING, MISS, OFF = "hit", "joined", "pending", "miss", "off"
+KEY_PREFIX = "streamchat:reply-cache:"  # the key of a question -> "<answer id> <claimed at>"
+ANSWER_PREFIX = "streamchat:answer:"
+#: Bytes of finished answers a worker keeps in memory at most; past it the oldest go first.
+MEMORY_CAP = 16 * 1024 * 1024
+MEMORY_KEYS = 20_000
+#: A file whose change, on this machine, empties every worker's in-memory cache (``./run cache clear``).
+CLEARED_MARK = os.path.join(tempfile.gettempdir(), "streamchat-reply-cache-cleared")
+
+
+@dataclass
+class Found:
+    """What a look for a question's answer found."""
+
+    kind: str  # hit, joined, pending, miss (the asker's claim is in), off (no cache now)
+    answer_id: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    trailer: str = ""  # of a hit: the original's usage (JSON)
+    body: bytes = b""  # of a hit: the whole answer, as recorded
+
+
+def encode_piece(text: str) -> bytes:
+    """Return one piece of text as an answer record holds it: a JSON string and a newline."""
+    return (json.dumps(text, ensure_ascii=False) + "\n").encode()
+
+
+def decode_pieces(chunks: Iterator[bytes]) -> Iterator[str]:
+    """Yield the pieces of text in an answer record's bytes, however they were split."""
+    rest = b""
+    for chunk in chunks:
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield json.loads(line)
+
+
+class ReplyCache(ABC):
+    """Where answers are kept, found and claimed."""
+
+    shared = False
+
+    def __init__(self, answers: StreamRecords, ttl: float):
+        self.answers = answers  # the records of the answers' text
+        self.ttl = ttl
+
+    @abstractmethod
+    def look(self, key: str, claim_id: str, *, fresh: bool, pending_for: float) -> Found:
+        """Find the answer to ``key``, else claim the key for ``claim_id``.
+
+        ``fresh``: never find, always claim. A claim with no answer started yet is ``pending`` while
+        younger than ``pending_for`` seconds (the longest wait for a first text).
+        """
+
+    @abstractmethod
+    def release(self, key: str, claim_id: str) -> None:
+        """Give up the claim of ``claim_id`` on ``key`` (no live answer will come from it)."""
+
+    @abstractmethod
+    def clear(self) -> int:
+        """Forget every answer; return how many keys went (-1: unknown)."""
+
+    @abstractmethod
+    def health(self) -> dict:
+        """Return what ``/healthz`` shows of the cache."""
+
+
+class MemoryReplyCache(ReplyCache):
+    """Answers in this worker's memory, at most ``MEMORY_CAP`` bytes of them, the oldest out first."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic, cap: int = MEMORY_CAP,
+                 cleared_mark: str = CLEARED_MARK):
+        super().__init__(MemoryStreams(ttl, clock=clock, cap=cap), ttl)
+        self.clock = clock
+        self.cleared_mark = cleared_mark
+        self._keys: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._mark = self._mark_time()
+        self._next_mark_look = 0.0
+
+    def look(self, key: str, claim_id: str, *, fresh: bool, pending_for: float) -> Found:
+        self._forget_if_cleared()
+        now = self.clock()
+        claimed = self._keys.get(key)
+        if claimed is not None and not fresh:
+            answer_id, at = claimed
+            try:
+                info = self.answers.info(answer_id)
+            except UnknownStream:
+                if now - at < pending_for:
+                    return Found(PENDING, answer_id)
+            else:
+                if info.state == COMPLETE:
+                    body = b"".join(self.answers.read(answer_id, 0))
+                    return Found(HIT, answer_id, info.headers, info.trailer, body)
+                if info.state == STREAMING:
+                    return Found(JOINED, answer_id, info.headers)
+        self._keys[key] = (claim_id, now)
+        self._keys.move_to_end(key)
+        while len(self._keys) > MEMORY_KEYS:
+            self._keys.popitem(last=False)
+        return Found(MISS, claim_id)
+
+    def release(self, key: str, claim_id: str) -> None:
+        claimed = self._keys.get(key)
+        if claimed is not None and claimed[0] == claim_id:
+            del self._keys[key]
+
+    def clear(self) -> int:
+        """Empty this machine's in-memory caches: every worker forgets its answers within a second."""
+        with open(self.cleared_mark, "a"):
+            os.utime(self.cleared_mark)
+        count = len(self._keys)
+        self._keys.clear()
+        return -1 if count == 0 else count
+
+    def health(self) -> dict:
+        return {"store": "memory", "ttl": self.ttl, "keys": len(self._keys)}
+
+    def _mark_time(self) -> float:
+        try:
+            return os.stat(self.cleared_mark).st_mtime
+        except OSError:
+            return 0.0
+
+    def _forget_if_cleared(self) -> None:
+        now = time.monotonic()
+        if now < self._next_mark_look:
+            return
+        self._next_mark_look = now + 1.0
+        mark = self._mark_time()
+        if mark != self._mark:
+            self._mark = mark
+            self._keys.clear()
+
+
+# KEYS: the question's key. ARGV: the claim ("<id> <now>"), now, pending_for, the answers' prefix, the claim's
+# ttl in ms, fresh ("1": never find), the seconds after which a silent producer is dead.
+LOOK = """
+local claim = redis.call("get", KEYS[1])
+local now = tonumber(ARGV[2])
+if claim and ARGV[6] ~= "1" then
+    local id, at = string.match(claim, "^(%S+) (%S+)$")
+    if id then
+        local meta = ARGV[4] .. id .. ":meta"
+        local m = redis.call("hmget", meta, "state", "hb", "headers", "trailer")
+        if m[1] == "complete" then
+            local parts = {}
+            for _, entry in ipairs(redis.call("xrange", ARGV[4] .. id, "-", "+")) do
+                local fields = entry[2]
+                for i = 1, #fields, 2 do
+                    if fields[i] == "d" then parts[#parts + 1] = fields[i + 1] end
+                end
+            end
+            return {"hit", id, m[3], m[4] or "", table.concat(parts)}
+        elseif m[1] == "streaming" and now - tonumber(m[2] or 0) <= tonumber(ARGV[7]) then
+            return {"joined", id, m[3]}
+        elseif not m[1] and now - tonumber(at) < tonumber(ARGV[3]) then
+            return {"pending", id}
+        end
+    end
+end
+redis.call("set", KEYS[1], ARGV[1], "px", ARGV[5])
+return {"miss"}
+"""
+
+RELEASE = """
+local claim = redis.call("get", KEYS[1])
+if claim and string.sub(claim, 1, #ARGV[1] + 1) == ARGV[1] .. " " then
+    redis.call("del", KEYS[1])
+end
+return 1
+"""
+
+
+class RedisReplyCache(ReplyCache):
+    """Answers in Redis, found and claimed by every worker of every instance in one script call."""
+
+    shared = True
+
+    def __init__(self, client, ttl: float, timeout: float, longest_reply: float):
+        # An answer lives as long as a reply may last while it streams, then ``ttl`` once complete.
+        super().__init__(RedisStreams(client, ttl, live_ttl=longest_reply + ttl, timeout=timeout,
+                                      prefix=ANSWER_PREFIX, stops=False), ttl)
+        self.client = client
+        self.claim_ttl_ms = int((longest_reply + ttl) * 1000)
+        self.outage = Outage("reply cache (Redis)", "replies are not cached")
+        self._look = client.register_script(LOOK)
+        self._release = client.register_script(RELEASE)
+
+    def look(self, key: str, claim_id: str, *, fresh: bool, pending_for: float) -> Found:
+        if self.outage.down and not self.outage.should_try():
+            return Found(OFF)
+        now = time.time()
+        try:
+            found = self._look(keys=[KEY_PREFIX + key], args=[f"{claim_id} {now:.3f}", f"{now:.3f}", pending_for,
+                                                                ANSWER_PREFIX, self.claim_ttl_ms, int(fresh),
+                                                                DEAD_AFTER])
+        except ERRORS as exc:
+            self.outage.failed(exc)
+            return Found(OFF)
+        self.outage.recovered()
+        kind = found[0]
+        if kind == HIT:
+            return Found(HIT, found[1], json.loads(found[2]), found[3], found[4].encode())
+        if kind == JOINED:
+            return Found(JOINED, found[1], json.loads(found[2]))
+        if kind == PENDING:
+            return Found(PENDING, found[1])
+        return Found(MISS, claim_id)
+
+    def release(self, key: str, claim_id: str) -> None:
+        try:
+            self._release(keys=[KEY_PREFIX + key], args=[claim_id])
+        except ERRORS as exc:
+            self.outage.failed(exc)  # the claim expires on its own; askers meanwhile wait for it, then claim
+
+    def clear(self) -> int:
+        count = 0
+        for pattern in (KEY_PREFIX + "*", ANSWER_PREFIX + "*"):
+            batch = []
+            for name in self.client.scan_iter(match=pattern, count=500):
+                batch.append(name)
+                if pattern.startswith(KEY_PREFIX):
+                    count += 1
+                if len(batch) >= 500:
+                    self.client.delete(*batch)
+                    batch = []
+            if batch:
+                self.client.delete(*batch)
+        return count
+
+    def health(self) -> dict:
+        return {"store": "redis", "ttl": self.ttl, **self.outage.health()}

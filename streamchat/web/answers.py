@@ -1,0 +1,136 @@
+"""Answers already paid for: the reply cache (a hit) and identical questions in flight (joined).
+
+``open_reply`` asks ``find_answer`` first, before anything is spent. For a question
+the cache keeps (``domain.cache_key``: at most ``REPLY_CACHE_TURNS`` user messages, a
+live model configured), the look finds one of:
+
+- a complete answer (``hit``): ``answered_reply`` streams its pieces at once, as the
+  original's provider and model;
+- an answer still streaming (``joined``): it is followed from its first piece, live,
+  from any worker of any instance; its ending is the original's (a cut short one
+  ends this reply cut short too);
+- a claim whose model has not written yet: looked at again every ``LOOK_EVERY``
+  seconds until its answer starts, or the claim goes (its reply fell back to the
+  rules, perhaps for its own client's budget) and this request asks on its own;
+- nothing: this request claims the question and calls the model; if the reply
+  goes live, ``AnswerTap`` writes each piece to the answer for others to follow, and
+  the answer is kept if the reply ends complete, for ``REPLY_CACHE_TTL`` seconds.
+
+A hit or a join spends no tokens and no live-reply budget (its own count is given
+back); the rate limits still count it. The reply that others follow is not its
+own client's alone: its client's Stop or hang-up ends that client's response, and
+the reply is carried on (``domain.relay.Reply.close``) while anyone follows it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Iterator
+
+from ..domain.cache_key import cache_key
+from ..domain.record import COMPLETE, STOPPED, ReplyRecord
+from ..domain.relay import Relay, Reply
+from ..domain.usage import Usage, estimate_tokens
+from ..errors import FollowedReplyBroke, ProviderError
+from ..server.drain import DRAIN
+from ..shared import streams
+from ..shared.reply_cache import HIT, PENDING, Found, ReplyCache, decode_pieces, encode_piece
+from ..shared.streams import ProducerGone, RecordsUnavailable
+
+LOOK_EVERY = 0.05  # seconds between looks while the question's claimant waits for its model's first text
+FOLLOWED_WITHIN = 2 * streams.FOLLOW_WAKE  # a follower looks at least this often while it follows
+
+
+def question_key(cache: ReplyCache | None, relay: Relay, settings, *, messages, options, scope: str,
+                 model: str | None, upstreams: str) -> str | None:
+    """Return the cache key of the question, or None when it is not cached (cache off, no model, too many turns)."""
+    if cache is None or not relay.chain:
+        return None
+    return cache_key(messages, turns=settings.reply_cache_turns, scope=scope, options=options, upstreams=upstreams,
+                     model=model)
+
+
+def find_answer(cache: ReplyCache, key: str, *, fresh: bool, pending_for: float) -> Found:
+    """Look for the answer to ``key`` until it is found, or this request holds the claim (or the cache is off)."""
+    claim_id = secrets.token_urlsafe(18)
+    while True:
+        found = cache.look(key, claim_id, fresh=fresh, pending_for=pending_for)
+        if found.kind != PENDING:
+            return found
+        time.sleep(LOOK_EVERY)
+
+
+def answered_reply(cache: ReplyCache, found: Found, record: ReplyRecord, relay: Relay) -> Reply | None:
+    """Return the reply a hit or a join gives, or None if the answer it joined broke before its first piece."""
+    record.provider = found.headers.get("provider", "")
+    record.model = found.headers.get("model", "")
+    record.cache = found.kind
+    usage = Usage()
+    if found.kind == HIT:
+        _read_trailer(found.trailer, usage)
+        pieces: Iterator[str] = decode_pieces(iter((found.body,)))
+    else:
+        pieces = _followed(cache, found.answer_id, usage)
+    try:
+        first = next(pieces)
+    except (StopIteration, ProviderError):
+        return None
+    return Reply(record, first, pieces, None, relay, usage)
+
+
+def _followed(cache: ReplyCache, answer_id: str, usage: Usage) -> Iterator[str]:
+    """Yield the pieces of an answer being written, live, then end as it ended."""
+    answers = cache.answers
+    try:
+        yield from decode_pieces(answers.read(answer_id, 0))
+        info = answers.info(answer_id)
+    except (ProducerGone, RecordsUnavailable) as exc:
+        raise FollowedReplyBroke(f"the reply this one followed broke off: {exc!r}") from None
+    if info.state != streams.COMPLETE:
+        error = FollowedReplyBroke(f"the reply this one followed ended {info.state}")
+        error.reason = info.cut_reason or info.state
+        raise error
+    _read_trailer(info.trailer, usage)
+
+
+def _read_trailer(trailer: str, usage: Usage) -> None:
+    if trailer:
+        tokens = json.loads(trailer)
+        usage.input_tokens, usage.output_tokens = tokens.get("input_tokens"), tokens.get("output_tokens")
+
+
+class AnswerTap:
+    """The answer a claimed question's live reply writes, piece by piece, for others to follow and find."""
+
+    def __init__(self, cache: ReplyCache, key: str, answer_id: str):
+        self.cache = cache
+        self.key = key
+        self.answer_id = answer_id
+
+    def start(self, record: ReplyRecord) -> bool:
+        """Start the answer, as the reply's provider and model; False when it cannot be recorded now."""
+        try:
+            self.cache.answers.start(self.answer_id, {"provider": record.provider, "model": record.model},
+                                     lambda: None)
+        except RecordsUnavailable:
+            self.cache.release(self.key, self.answer_id)
+            return False
+        return True
+
+    def piece(self, text: str) -> None:
+        if text:  # an empty piece is a silent upstream's heartbeat: nothing to keep
+            self.cache.answers.append(self.answer_id, encode_piece(text))
+
+    def followed(self) -> bool:
+        return not DRAIN.draining and self.cache.answers.has_reader(self.answer_id, within=FOLLOWED_WITHIN)
+
+    def ended(self, record: ReplyRecord, usage: Usage | None) -> None:
+        usage = usage or Usage()
+        trailer = json.dumps({
+            "input_tokens": usage.input_tokens if usage.input_tokens is not None else record.input_tokens,
+            "output_tokens": usage.output_tokens if usage.output_tokens is not None else estimate_tokens(record.chars),
+        })
+        state = {COMPLETE: streams.COMPLETE, STOPPED: streams.STOPPED}.get(record.ended, streams.CUT_SHORT)
+        self.cache.answers.finish(self.answer_id, state, record.cut_reason, trailer)
