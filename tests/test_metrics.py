@@ -68,7 +68,7 @@ def metered(fake, log_dir, tmp_path_factory):
                       LOG_FORMAT="json", OPENAI_BASE_URL=f"{fake.url}/v1", OPENAI_MODEL="fake-gpt",
                       RESUME_GRACE="0", TRUSTED_PROXIES="1", CHAT_RATE_LIMIT="3/minute",
                       RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{redis.port}/0", LLM_COOLDOWN="0",
-                      LLM_FIRST_TOKEN_TIMEOUT="3", LLM_IDLE_TIMEOUT="2") as server:
+                      LLM_FIRST_TOKEN_TIMEOUT="3", LLM_IDLE_TIMEOUT="2", REPLY_CACHE_TTL="600") as server:
             yield server, metrics_dir
     finally:
         redis.stop()
@@ -191,6 +191,29 @@ def test_metrics_add_up_every_workers_replies_and_survive_a_worker_being_replace
     final = scrape(server)
     assert total(final, "streamchat_replies_total", ended="client_gone") == (
         total(after, "streamchat_replies_total", ended="client_gone") + len(held[survivor]))
+
+
+@pytest.mark.processes
+def test_the_reply_cache_counts_hits_misses_and_the_tokens_it_saved(metered):
+    server, _ = metered
+    before = scrape(server)
+    answers = [chat(server, f"10.5.0.{i}", "metrics cached", tokens=6) for i in range(3)]
+    assert [headers["X-Terminal-Cache"] for _, headers, _ in answers][0] == "miss"
+    assert len({body for _, _, body in answers}) == 1
+    after = scrape(server)
+    saved = total(after, "streamchat_reply_cache_saved_tokens_total", gen_ai_token_type="output") - total(
+        before, "streamchat_reply_cache_saved_tokens_total", gen_ai_token_type="output")
+    served = sum(total(after, "streamchat_reply_cache_total", endpoint="/api/chat", result=result)
+                 - total(before, "streamchat_reply_cache_total", endpoint="/api/chat", result=result)
+                 for result in ("hit", "joined"))
+    assert total(after, "streamchat_reply_cache_total", result="miss") - total(
+        before, "streamchat_reply_cache_total", result="miss") == 1
+    assert (served, saved) == (2, 12)  # the fake's 6 tokens, twice
+    assert total(after, "streamchat_tokens_total", gen_ai_token_type="output") - total(
+        before, "streamchat_tokens_total", gen_ai_token_type="output") == 6  # spent once
+    lines = [json.loads(line) for line in server.access_lines() if "metrics cached" in line or "10.5.0." in line]
+    assert sorted(line.get("cache") for line in lines if line.get("client", "").startswith("10.5.0.")) in (
+        ["hit", "hit", "miss"], ["hit", "joined", "miss"], ["joined", "joined", "miss"])
 
 
 @pytest.mark.processes
