@@ -32,6 +32,7 @@ from bench.common import (HOST, ROOT, FloorProxy, Process, Proxy, Scraper, Servi
 from bench.instances import Instances
 from bench.gateways import Gateways
 from bench.routing import Routing
+from bench.suggestions import Suggestions
 from bench.loadgen import build_request, concurrent_streams, looping_clients
 from streamchat.testing.fake_upstream import OpenAIWire, sse_event, tokens_of
 
@@ -500,6 +501,13 @@ TARGETS = [
     ("metrics", "on_vs_off", "<=", 1.03, "1,000 streams, metrics on and scraped each second: CPU per chunk ≤ 1.03 × off"),
     ("routing", "routed_vs_single", "<=", 1.03, "1,000 streams through three weighted upstreams of two keys: CPU ≤ "
                                                 "1.03 × one upstream"),
+    ("suggestions", "on_upstream_calls", "<=", 3, "1,000 visitors asking one of three questions, 200 at once, reply "
+                                                  "cache on: 3 upstream calls"),
+    ("suggestions", "on_completed", ">=", 1000, "suggestions, reply cache on: every visitor's reply complete"),
+    ("cache_miss", "redis_on_vs_off", "<=", 1.05, "1,000 streams, every one a reply-cache miss in Redis: CPU ≤ 1.05 × "
+                                                  "cache off"),
+    ("cache_miss", "memory_on_vs_off", "<=", 1.05, "1,000 streams, every one a reply-cache miss in memory: CPU ≤ "
+                                                   "1.05 × cache off"),
 ]
 
 ABUSE = ["soak", "slow_heads", "never_read", "random_aborts", "counting"]
@@ -549,7 +557,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
-                                       "fallback,aborts,metrics,openai_api,markdown,tls,quiet_spell,routing,hedge,gateways, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
+                                       "fallback,aborts,metrics,openai_api,markdown,tls,quiet_spell,routing,hedge,suggestions,cache_miss,gateways, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
     parser.add_argument("--abuse", action="store_true",
                         help="run the soak, abuse and two-instance scenarios (about 15 minutes, 20 with --before)")
     parser.add_argument("--gateways", action="store_true",
@@ -579,6 +587,7 @@ def main() -> None:
                  "openai_api": bench.openai_api, "markdown": markdown_render.run, "tls": bench.tls,
                  "quiet_spell": bench.quiet_spell, "gateways": Gateways(bench).gateways,
                  "routing": Routing(bench).routing, "hedge": Routing(bench).hedge,
+                 "suggestions": Suggestions(bench).suggestions, "cache_miss": Suggestions(bench).cache_miss,
                  **{name: getattr(abuse, name) for name in ABUSE},
                  **{name: getattr(Instances(bench), name) for name in INSTANCES}}
     chosen = (args.only.split(",") if args.only else ABUSE + INSTANCES if args.abuse else ["gateways"] if args.gateways

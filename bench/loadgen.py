@@ -35,6 +35,7 @@ class StreamResult:
     error: str = ""
     closed_at: float | None = None  # when we hung up on purpose (abort scenario), CLOCK_MONOTONIC
     stream_id: str = ""  # X-Stream-Id, as soon as the head arrived
+    cache: str = ""  # X-Terminal-Cache: hit, joined, miss
 
     @property
     def ttfb(self) -> float | None:
@@ -88,6 +89,8 @@ class _Stream(asyncio.Protocol):
                     result.mode = value.strip()
                 elif name.lower() == "x-stream-id":
                     result.stream_id = value.strip()
+                elif name.lower() == "x-terminal-cache":
+                    result.cache = value.strip()
             self.last = now
             if self.abort_after == 0:
                 result.closed_at = time.monotonic()
@@ -192,6 +195,19 @@ async def concurrent_streams(host: str, port: int, make_request, count: int, *, 
             host, port, request, tag, direct=direct, deadline=deadline,
             abort_after_chunks=abort_after(n) if abort_after else None, source=source(n) if source else None)))
     return list(await asyncio.gather(*tasks))
+
+
+async def visitors(host: str, port: int, make_request, count: int, *, at_once: int,
+                   deadline: float) -> list[StreamResult]:
+    """Send ``count`` requests, ``at_once`` of them in flight at any time, each as soon as a place is free."""
+    places = asyncio.Semaphore(at_once)
+
+    async def visit(n: int) -> StreamResult:
+        async with places:
+            tag, request = make_request(n)
+            return await one_stream(host, port, request, tag, direct=False, deadline=deadline)
+
+    return list(await asyncio.gather(*(visit(n) for n in range(count))))
 
 
 @dataclass

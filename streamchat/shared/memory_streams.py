@@ -31,6 +31,20 @@ class _Record:
     readers: int = 0
     last_read: float = 0.0  # monotonic time a reader last looked
     expires: float | None = None  # monotonic time, once it ended
+    # Set at the record's next change, for the readers waiting now (gevent's Event when patched). An event
+    # per change rather than a condition: a reader takes it before looking at the body, so a change between
+    # the look and the wait is never missed, and no lock is taken per piece.
+    changed: threading.Event | None = None
+
+    def next_change(self) -> threading.Event:
+        if self.changed is None:
+            self.changed = threading.Event()
+        return self.changed
+
+    def notify(self) -> None:
+        changed, self.changed = self.changed, None
+        if changed is not None:
+            changed.set()
 
 
 class MemoryStreams(StreamRecords):
@@ -45,8 +59,6 @@ class MemoryStreams(StreamRecords):
         self._kept = 0  # bytes of the finished records kept
         self._records: dict[str, _Record] = {}
         self._expiry: list[tuple[float, str]] = []
-        self._changed = threading.Condition()  # a gevent condition under monkey-patching
-        self._waiting = 0  # readers waiting on it: with none, appending notifies nobody
         self._producers: dict[str, Callable[[], None]] = {}  # stream id -> what stops its reply
 
     # -- the producing side ---------------------------------------------------------------------
@@ -60,8 +72,7 @@ class MemoryStreams(StreamRecords):
         record = self._records.get(stream_id)
         if record is not None and data:
             record.body += data
-            if self._waiting:
-                self._notify()
+            record.notify()  # one record's readers: a crowd following one reply never wakes for another's
 
     def finish(self, stream_id: str, state: str, cut_reason: str = "", trailer: str = "") -> None:
         record = self._records.get(stream_id)
@@ -72,7 +83,7 @@ class MemoryStreams(StreamRecords):
         heapq.heappush(self._expiry, (record.expires, stream_id))
         self._kept += len(record.body)
         self._producers.pop(stream_id, None)
-        self._notify()
+        record.notify()
         while self._kept > self.cap and self._expiry:
             self._drop(*heapq.heappop(self._expiry))
 
@@ -89,9 +100,11 @@ class MemoryStreams(StreamRecords):
     def check_offset(self, stream_id: str, offset: int, wait: float) -> None:
         record = self._record(stream_id)
         deadline = self.clock() + wait
-        with self._changed:
-            while len(record.body) < offset and record.state == STREAMING and self.clock() < deadline:
-                self._wait(min(FOLLOW_WAKE, max(0.0, deadline - self.clock())))
+        while True:
+            change = record.next_change()
+            if not (len(record.body) < offset and record.state == STREAMING and self.clock() < deadline):
+                break
+            change.wait(min(FOLLOW_WAKE, max(0.0, deadline - self.clock())))
         check_utf8_offset(record.body, offset)
 
     def read(self, stream_id: str, offset: int) -> Iterator[bytes]:
@@ -101,6 +114,7 @@ class MemoryStreams(StreamRecords):
             position = offset
             while True:
                 record.last_read = self.clock()
+                change = record.next_change()
                 if len(record.body) > position:
                     chunk = bytes(record.body[position:])
                     position += len(chunk)
@@ -108,9 +122,7 @@ class MemoryStreams(StreamRecords):
                     continue
                 if record.state != STREAMING:
                     return
-                with self._changed:
-                    if len(record.body) == position and record.state == STREAMING:
-                        self._wait(FOLLOW_WAKE)
+                change.wait(FOLLOW_WAKE)
         finally:
             record.readers -= 1
             record.last_read = self.clock()
@@ -135,17 +147,7 @@ class MemoryStreams(StreamRecords):
             raise UnknownStream(stream_id)
         return record
 
-    def _wait(self, seconds: float) -> None:
-        # Called holding self._changed.
-        self._waiting += 1
-        try:
-            self._changed.wait(seconds)
-        finally:
-            self._waiting -= 1
 
-    def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
 
     def _expire(self) -> None:
         now = self.clock()

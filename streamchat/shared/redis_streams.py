@@ -43,7 +43,8 @@ STOP_CHANNEL = "streamchat:stop"
 FLUSH_EVERY = 0.05  # seconds a batch may wait before it is written
 FLUSH_BYTES = 4096  # a batch this large is written at once
 HEARTBEAT_EVERY = 1.0
-DEAD_AFTER = 5.0  # seconds without a heartbeat after which a reader takes the producer for dead
+DEAD_AFTER = 5.0
+READER_MARK_EVERY = 0.4  # seconds between a reader's marks that it still reads  # seconds without a heartbeat after which a reader takes the producer for dead
 
 # One call per flush. KEYS: stream, meta for each reply; ARGV: now, ttl while streaming, ttl once ended, then
 # for each reply its headers (JSON, only in the first batch), data, end state, reason and trailer (only in the last).
@@ -214,9 +215,11 @@ class RedisStreams(StreamRecords):
 
     def _read(self, stream_id: str, offset: int) -> Iterator[bytes]:
         stream, meta = self.prefix + stream_id, self.prefix + stream_id + ":meta"
-        position, last_id = 0, "0-0"
+        position, last_id, marked = 0, "0-0", 0.0
         while True:
-            self.client.hset(meta, "reader", time.time())
+            if time.monotonic() - marked >= READER_MARK_EVERY:  # has_reader asks about the last second or more
+                self.client.hset(meta, "reader", time.time())
+                marked = time.monotonic()
             found = self.client.xread({stream: last_id}, count=500, block=self.block_ms)
             entries = found[0][1] if found else []
             for entry_id, fields in entries:

@@ -18,6 +18,10 @@ one mechanism gives both:
 first); ``RedisReplyCache`` in the ``REDIS_URL`` Redis, shared by every worker of
 every instance, looking up and claiming in one script call. With Redis away a
 look finds nothing and claims nothing (``off``): no cache, no error.
+
+Followers in the process that writes an answer read it from that process's
+memory (``LocalFirst``), and wait for a claim made there without looking again
+(``wait_for_claim``): a crowd on one worker costs no Redis round trip a piece.
 """
 
 from __future__ import annotations
@@ -85,6 +89,22 @@ class ReplyCache(ABC):
     def __init__(self, answers: StreamRecords, ttl: float):
         self.answers = answers  # the records of the answers' text
         self.ttl = ttl
+        self._claims: dict[str, threading.Event] = {}  # answer id -> set once it started or its claim went
+
+    def claimed(self, answer_id: str) -> None:
+        """Note a claim made in this process, for ``wait_for_claim``."""
+        self._claims[answer_id] = threading.Event()
+
+    def claim_resolved(self, answer_id: str) -> None:
+        """Say that the claim's answer started, or that the claim went: whoever waits here looks again."""
+        event = self._claims.pop(answer_id, None)
+        if event is not None:
+            event.set()
+
+    def wait_for_claim(self, answer_id: str, timeout: float) -> bool:
+        """Wait for a claim made in this process to resolve; False at once for another process's claim."""
+        event = self._claims.get(answer_id)
+        return event is not None and event.wait(timeout)
 
     @abstractmethod
     def look(self, key: str, claim_id: str, *, fresh: bool, pending_for: float) -> Found:
@@ -143,6 +163,7 @@ class MemoryReplyCache(ReplyCache):
         return Found(MISS, claim_id)
 
     def release(self, key: str, claim_id: str) -> None:
+        self.claim_resolved(claim_id)
         claimed = self._keys.get(key)
         if claimed is not None and claimed[0] == claim_id:
             del self._keys[key]
@@ -173,6 +194,63 @@ class MemoryReplyCache(ReplyCache):
         if mark != self._mark:
             self._mark = mark
             self._keys.clear()
+
+
+#: Seconds an answer written here stays in this process's memory after it ended, for its followers here
+#: (later askers find it in Redis), and the bytes of them kept at most.
+LOCAL_TTL = 30.0
+LOCAL_CAP = 4 * 1024 * 1024
+
+
+class LocalFirst(StreamRecords):
+    """Answers in ``shared`` (Redis), and those written in this process also in ``local`` memory: a reader
+    here follows those from memory, woken as each piece comes, with no round trip."""
+
+    shared = True
+
+    def __init__(self, shared: StreamRecords, local: MemoryStreams):
+        self.shared_store = shared
+        self.local = local
+
+    def start(self, stream_id, headers, stop) -> None:
+        self.shared_store.start(stream_id, headers, stop)  # RecordsUnavailable: neither
+        self.local.start(stream_id, headers, stop)
+
+    def append(self, stream_id, data) -> None:
+        self.shared_store.append(stream_id, data)
+        self.local.append(stream_id, data)
+
+    def finish(self, stream_id, state, cut_reason="", trailer="") -> None:
+        self.shared_store.finish(stream_id, state, cut_reason, trailer)
+        self.local.finish(stream_id, state, cut_reason, trailer)
+
+    def has_reader(self, stream_id, within) -> bool:
+        return self.local.has_reader(stream_id, within) or self.shared_store.has_reader(stream_id, within)
+
+    def flush(self) -> None:
+        self.shared_store.flush()
+
+    def _store(self, stream_id: str) -> StreamRecords:
+        try:
+            self.local.info(stream_id)
+        except UnknownStream:
+            return self.shared_store
+        return self.local
+
+    def info(self, stream_id):
+        return self._store(stream_id).info(stream_id)
+
+    def check_offset(self, stream_id, offset, wait) -> None:
+        self._store(stream_id).check_offset(stream_id, offset, wait)
+
+    def read(self, stream_id, offset):
+        return self._store(stream_id).read(stream_id, offset)
+
+    def stop(self, stream_id) -> str:
+        return self._store(stream_id).stop(stream_id)
+
+    def health(self) -> dict:
+        return self.shared_store.health()
 
 
 # KEYS: the question's key. ARGV: the claim ("<id> <now>"), now, pending_for, the answers' prefix, the claim's
@@ -221,8 +299,9 @@ class RedisReplyCache(ReplyCache):
 
     def __init__(self, client, ttl: float, timeout: float, longest_reply: float):
         # An answer lives as long as a reply may last while it streams, then ``ttl`` once complete.
-        super().__init__(RedisStreams(client, ttl, live_ttl=longest_reply + ttl, timeout=timeout,
-                                      prefix=ANSWER_PREFIX, stops=False), ttl)
+        shared = RedisStreams(client, ttl, live_ttl=longest_reply + ttl, timeout=timeout, prefix=ANSWER_PREFIX,
+                              stops=False)
+        super().__init__(LocalFirst(shared, MemoryStreams(LOCAL_TTL, cap=LOCAL_CAP)), ttl)
         self.client = client
         self.claim_ttl_ms = int((longest_reply + ttl) * 1000)
         self.outage = Outage("reply cache (Redis)", "replies are not cached")
@@ -251,6 +330,7 @@ class RedisReplyCache(ReplyCache):
         return Found(MISS, claim_id)
 
     def release(self, key: str, claim_id: str) -> None:
+        self.claim_resolved(claim_id)
         try:
             self._release(keys=[KEY_PREFIX + key], args=[claim_id])
         except ERRORS as exc:

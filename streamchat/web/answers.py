@@ -36,7 +36,7 @@ from ..domain.usage import Usage, estimate_tokens
 from ..errors import FollowedReplyBroke, ProviderError
 from ..server.drain import DRAIN
 from ..shared import streams
-from ..shared.reply_cache import HIT, PENDING, Found, ReplyCache, decode_pieces, encode_piece
+from ..shared.reply_cache import HIT, MISS, PENDING, Found, ReplyCache, decode_pieces, encode_piece
 from ..shared.streams import ProducerGone, RecordsUnavailable
 
 LOOK_EVERY = 0.05  # seconds between looks while the question's claimant waits for its model's first text
@@ -57,9 +57,13 @@ def find_answer(cache: ReplyCache, key: str, *, fresh: bool, pending_for: float)
     claim_id = secrets.token_urlsafe(18)
     while True:
         found = cache.look(key, claim_id, fresh=fresh, pending_for=pending_for)
+        if found.kind == MISS:
+            cache.claimed(claim_id)
         if found.kind != PENDING:
             return found
-        time.sleep(LOOK_EVERY)
+        # A claim made in this process says when its answer starts; another process's is looked at again.
+        if not cache.wait_for_claim(found.answer_id, pending_for):
+            time.sleep(LOOK_EVERY)
 
 
 def answered_reply(cache: ReplyCache, found: Found, record: ReplyRecord, relay: Relay) -> Reply | None:
@@ -117,6 +121,7 @@ class AnswerTap:
         except RecordsUnavailable:
             self.cache.release(self.key, self.answer_id)
             return False
+        self.cache.claim_resolved(self.answer_id)
         return True
 
     def piece(self, text: str) -> None:
