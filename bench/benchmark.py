@@ -310,12 +310,18 @@ class Bench:
                                       figures["chat1_cpu_s"] + figures["chat2_cpu_s"])
         return figures
 
-    def cpu_in_turn(self, count: int, modes: dict) -> dict:
+    def cpu_in_turn(self, count: int, modes: dict, turns: int = 2, alternate: bool = False) -> dict:
         """Run ``count`` streams through a new service per mode (``{mode: (env, make_for(service, tag))}``), the
-        modes in turn, twice: each run's completed and live streams and the worker's CPU seconds."""
+        modes in turn, ``turns`` times: each run's completed and live streams and the worker's CPU seconds.
+
+        ``alternate``: every other turn runs the modes in the reverse order, so that no mode always runs
+        right after the same one (a run's place in the sequence can cost it several percent here)."""
         figures: dict = {"streams": count}
-        for turn in (1, 2):
-            for mode, (env, make_for) in modes.items():
+        for turn in range(1, turns + 1):
+            order = list(modes.items())
+            if alternate and turn % 2 == 0:
+                order.reverse()
+            for mode, (env, make_for) in order:
                 service = Service(self.logs, **env)
                 try:
                     cpu_before = service.cpu()

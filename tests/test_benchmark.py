@@ -37,6 +37,13 @@ def test_quick_benchmark_runs_every_scenario_and_writes_its_report(tmp_path):
     hedge = figures["hedge"]  # one request in five is slow: hedging answers those from the second upstream
     assert hedge["off_live"] == hedge["on_live"] == hedge["streams"] and hedge["off_hedges"] == 0
     assert hedge["on_hedges"] >= hedge["streams"] // 5
+    suggestions = figures["suggestions"]  # three questions, 200 visitors at once: three upstream calls
+    assert (suggestions["on_upstream_calls"], suggestions["on_completed"]) == (3, suggestions["visitors"])
+    assert suggestions["off_upstream_calls"] == suggestions["visitors"] == suggestions["hits_hit"]
+    assert suggestions["crowd_upstream_calls"] == 3 and suggestions["crowd_joined"] == 197
+    misses = figures["cache_miss"]  # every distinct question a miss, and still a live reply
+    assert all(misses[f"{mode}{turn}_live"] == misses["streams"] for mode in ("redis_on", "memory_on")
+               for turn in range(1, 5))
     tls = figures["tls"]  # every stream live from the HTTPS upstream too, none failed over
     assert (tls["tls_live"], tls["plain_live"]) == (tls["streams"], tls["streams"])
     aborts = figures["aborts"]

@@ -15,7 +15,7 @@ from app import create_app
 from streamchat.domain.cache_key import cache_key, normalised
 from streamchat.domain.providers.base import DEFAULT_OPTIONS, Options
 from streamchat.errors import UpstreamServerError
-from streamchat.shared.reply_cache import MemoryReplyCache, decode_pieces, encode_piece
+from streamchat.shared.reply_cache import MemoryReplyCache, pieces_of, text_of
 from streamchat.testing.fake_provider import FakeProvider
 from streamchat.web.service import service
 
@@ -89,11 +89,13 @@ def test_the_key_ignores_what_a_visitor_would_not_notice_and_nothing_else():
     assert cache_key(second_turn, turns=2, scope="chat:", options=DEFAULT_OPTIONS, upstreams="u") is not None
 
 
-def test_pieces_survive_any_split_of_the_answer_record():
-    pieces = ["Hel", "lo\n", " wörld", "\"quoted\"", "✓"]
-    data = b"".join(encode_piece(p) for p in pieces)
+def test_an_answer_gives_back_its_pieces_and_its_text_however_it_is_split():
+    pieces = ["Hel", "lo\n", " wörld", "\"quoted\"", "✓", "\x00"]
+    data = "".join(pieces).encode()
+    assert list(pieces_of(data, [len(p.encode()) for p in pieces])) == pieces
+    assert list(pieces_of(data, [])) == ["".join(pieces)]
     for cut in range(len(data) + 1):
-        assert list(decode_pieces(iter([data[:cut], data[cut:]]))) == pieces
+        assert "".join(text_of(iter([data[:cut], data[cut:]]))) == "".join(pieces)
 
 
 # -- hits ----------------------------------------------------------------------------------------
@@ -196,10 +198,10 @@ def test_expiry_and_clearing():
     assert cache.look("k", "b", fresh=False, pending_for=5).kind == "pending"
     cache.answers.start("a", {"provider": "p", "model": "m"}, lambda: None)
     assert cache.look("k", "b", fresh=False, pending_for=5).kind == "joined"
-    cache.answers.append("a", encode_piece("Hi"))
+    cache.answers.append("a", b"Hi")
     cache.answers.finish("a", "complete")
     found = cache.look("k", "b", fresh=False, pending_for=5)
-    assert (found.kind, found.body) == ("hit", encode_piece("Hi"))
+    assert (found.kind, found.body) == ("hit", b"Hi")
     now[0] = 61.0
     assert cache.look("k", "c", fresh=False, pending_for=5).kind == "miss"  # expired: c claims it
     now[0] = 70.0

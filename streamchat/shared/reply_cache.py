@@ -1,8 +1,9 @@
 """The reply cache: answers kept as stream records, found by the question's key.
 
-An answer is a stream record (``streams.StreamRecords``) of a live reply's text, one
-JSON string a piece (a newline after each), with the provider and model as its
-headers and the upstream's usage as its trailer. The cache maps a question's key
+An answer is a stream record (``streams.StreamRecords``) of a live reply's text as
+UTF-8, with the provider and model as its headers and, as its trailer, the
+upstream's usage and the length of each piece (so that a hit streams the
+original's pieces; a follower gets the text as it comes). The cache maps a question's key
 (``domain.cache_key``) to the answer being written for it or written already, so
 one mechanism gives both:
 
@@ -26,6 +27,7 @@ memory (``LocalFirst``), and wait for a claim made there without looking again
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -66,19 +68,23 @@ class Found:
     body: bytes = b""  # of a hit: the whole answer, as recorded
 
 
-def encode_piece(text: str) -> bytes:
-    """Return one piece of text as an answer record holds it: a JSON string and a newline."""
-    return (json.dumps(text, ensure_ascii=False) + "\n").encode()
+def pieces_of(body: bytes, lengths: list[int]) -> Iterator[str]:
+    """Yield the pieces of a complete answer's ``body``, ``lengths`` bytes each (the rest, if any, last)."""
+    position = 0
+    for length in lengths:
+        yield body[position:position + length].decode()
+        position += length
+    if position < len(body):
+        yield body[position:].decode()
 
 
-def decode_pieces(chunks: Iterator[bytes]) -> Iterator[str]:
-    """Yield the pieces of text in an answer record's bytes, however they were split."""
-    rest = b""
+def text_of(chunks: Iterator[bytes]) -> Iterator[str]:
+    """Yield the text of an answer's bytes as they come, whatever splits them."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
     for chunk in chunks:
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            yield json.loads(line)
+        text = decoder.decode(chunk)
+        if text:
+            yield text
 
 
 class ReplyCache(ABC):

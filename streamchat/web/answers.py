@@ -36,7 +36,7 @@ from ..domain.usage import Usage, estimate_tokens
 from ..errors import FollowedReplyBroke, ProviderError
 from ..server.drain import DRAIN
 from ..shared import streams
-from ..shared.reply_cache import HIT, MISS, PENDING, Found, ReplyCache, decode_pieces, encode_piece
+from ..shared.reply_cache import HIT, MISS, PENDING, Found, ReplyCache, pieces_of, text_of
 from ..shared.streams import ProducerGone, RecordsUnavailable
 
 LOOK_EVERY = 0.05  # seconds between looks while the question's claimant waits for its model's first text
@@ -73,8 +73,8 @@ def answered_reply(cache: ReplyCache, found: Found, record: ReplyRecord, relay: 
     record.cache = found.kind
     usage = Usage()
     if found.kind == HIT:
-        _read_trailer(found.trailer, usage)
-        pieces: Iterator[str] = decode_pieces(iter((found.body,)))
+        lengths = _read_trailer(found.trailer, usage)
+        pieces: Iterator[str] = pieces_of(found.body, lengths)
     else:
         pieces = _followed(cache, found.answer_id, usage)
     try:
@@ -88,7 +88,7 @@ def _followed(cache: ReplyCache, answer_id: str, usage: Usage) -> Iterator[str]:
     """Yield the pieces of an answer being written, live, then end as it ended."""
     answers = cache.answers
     try:
-        yield from decode_pieces(answers.read(answer_id, 0))
+        yield from text_of(answers.read(answer_id, 0))
         info = answers.info(answer_id)
     except (ProducerGone, RecordsUnavailable) as exc:
         raise FollowedReplyBroke(f"the reply this one followed broke off: {exc!r}") from None
@@ -99,10 +99,13 @@ def _followed(cache: ReplyCache, answer_id: str, usage: Usage) -> Iterator[str]:
     _read_trailer(info.trailer, usage)
 
 
-def _read_trailer(trailer: str, usage: Usage) -> None:
-    if trailer:
-        tokens = json.loads(trailer)
-        usage.input_tokens, usage.output_tokens = tokens.get("input_tokens"), tokens.get("output_tokens")
+def _read_trailer(trailer: str, usage: Usage) -> list[int]:
+    """Fill ``usage`` in from an answer's trailer; return its pieces' lengths."""
+    if not trailer:
+        return []
+    ending = json.loads(trailer)
+    usage.input_tokens, usage.output_tokens = ending.get("input_tokens"), ending.get("output_tokens")
+    return ending.get("pieces", [])
 
 
 class AnswerTap:
@@ -112,6 +115,8 @@ class AnswerTap:
         self.cache = cache
         self.key = key
         self.answer_id = answer_id
+        self.lengths: list[int] = []  # of each piece's UTF-8, for a hit to stream the same pieces
+        self._append = cache.answers.append
 
     def start(self, record: ReplyRecord) -> bool:
         """Start the answer, as the reply's provider and model; False when it cannot be recorded now."""
@@ -126,7 +131,9 @@ class AnswerTap:
 
     def piece(self, text: str) -> None:
         if text:  # an empty piece is a silent upstream's heartbeat: nothing to keep
-            self.cache.answers.append(self.answer_id, encode_piece(text))
+            data = text.encode()
+            self.lengths.append(len(data))
+            self._append(self.answer_id, data)
 
     def followed(self) -> bool:
         return not DRAIN.draining and self.cache.answers.has_reader(self.answer_id, within=FOLLOWED_WITHIN)
@@ -136,6 +143,7 @@ class AnswerTap:
         trailer = json.dumps({
             "input_tokens": usage.input_tokens if usage.input_tokens is not None else record.input_tokens,
             "output_tokens": usage.output_tokens if usage.output_tokens is not None else estimate_tokens(record.chars),
-        })
+            "pieces": self.lengths,
+        }, separators=(",", ":"))
         state = {COMPLETE: streams.COMPLETE, STOPPED: streams.STOPPED}.get(record.ended, streams.CUT_SHORT)
         self.cache.answers.finish(self.answer_id, state, record.cut_reason, trailer)
