@@ -87,6 +87,43 @@ def test_one_redis_call_per_chat_request_for_its_limits_and_budgets(log_dir, red
 
 
 @pytest.mark.redis
+def test_the_reply_cache_looks_in_the_same_call_as_the_counts_and_junk_is_counted(log_dir, redis_server, fake):
+    # With the counts and the cache in one Redis (REDIS_URL), a chat request's only call before its model is
+    # asked is one script: its rate limit, its budget and the cache's look for its question.
+    with Gunicorn(log_dir, OPENAI_BASE_URL=f"{fake.url}/v1", CHAT_RATE_LIMIT="4/minute", LLM_BUDGET_GLOBAL="100/day",
+                  REDIS_URL=redis_server.url, REPLY_CACHE_TTL="600", RESUME_TTL="0") as server:
+        import redis as redis_client
+        seen: list[str] = []
+        monitor_client = redis_client.Redis.from_url(redis_server.url)
+        with monitor_client.monitor() as monitor, ThreadPoolExecutor(1) as pool:
+            def listen():
+                for command in monitor.listen():
+                    if command.get("client_type") != "lua":  # what a script runs is listed too
+                        seen.append(command["command"])
+                    if "STOP-MONITOR" in command["command"]:
+                        return
+            listening = pool.submit(listen)
+            time.sleep(0.2)  # MONITOR is on before the requests
+            first, again = chat(server, id="count-and-look"), chat(server, id="count-and-look")
+            request(server.url, "POST", "/api/chat", b"{not json")  # junk: counted too
+            over = chat(server, id="count-and-look")  # the fourth of 4/minute
+            fifth = chat(server, id="count-and-look")
+            monitor_client.get("STOP-MONITOR")
+            listening.result(10)
+        # "joined" when the first answer's end is not written yet (the records' writes are batched).
+        assert first[1]["X-Terminal-Cache"] == "miss" and again[1]["X-Terminal-Cache"] in ("hit", "joined")
+        assert [first[0], again[0], over[0], fifth[0]] == [200, 200, 200, 429]
+        assert first[1]["X-RateLimit-Remaining"] == "3" and over[1]["X-RateLimit-Remaining"] == "0"
+        # One script call a request (its first ever is sent twice: NOSCRIPT, then again once loaded), the four
+        # valid ones with their look (the last one's skipped in the script: past the limit), the junk's without.
+        looks = {c for c in seen if "streamchat:reply-cache:" in c}
+        assert len(looks) == 4 and all(c.startswith("EVALSHA") and "LIMITS:" in c for c in looks), seen
+        counts = {c for c in seen if c.startswith("EVALSHA") and "LIMITS:" in c}
+        assert len(counts - looks) == 1, seen  # the junk's
+    monitor_client.close()
+
+
+@pytest.mark.redis
 def test_two_workers_of_one_server_share_the_redis_count(log_dir, redis_server):
     with Gunicorn(log_dir, workers=2, CHAT_RATE_LIMIT="5/minute", RATELIMIT_STORAGE_URI=redis_server.url) as server:
         assert statuses(server, 7) == [200] * 5 + [429] * 2

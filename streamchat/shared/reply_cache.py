@@ -259,35 +259,40 @@ class LocalFirst(StreamRecords):
         return self.shared_store.health()
 
 
-# KEYS: the question's key. ARGV: the claim ("<id> <now>"), now, pending_for, the answers' prefix, the claim's
-# ttl in ms, fresh ("1": never find), the seconds after which a silent producer is dead.
-LOOK = """
-local claim = redis.call("get", KEYS[1])
-local now = tonumber(ARGV[2])
-if claim and ARGV[6] ~= "1" then
-    local id, at = string.match(claim, "^(%S+) (%S+)$")
-    if id then
-        local meta = ARGV[4] .. id .. ":meta"
-        local m = redis.call("hmget", meta, "state", "hb", "headers", "trailer")
-        if m[1] == "complete" then
-            local parts = {}
-            for _, entry in ipairs(redis.call("xrange", ARGV[4] .. id, "-", "+")) do
-                local fields = entry[2]
-                for i = 1, #fields, 2 do
-                    if fields[i] == "d" then parts[#parts + 1] = fields[i + 1] end
+# The look as a Lua function, so that a chat request's counting script can run it in the same call
+# (``web.guards.failsoft.COUNT_AND_LOOK``). KEYS: the question's key. ARGV: the claim ("<id> <now>"), now,
+# pending_for, the answers' prefix, the claim's ttl in ms, fresh ("1": never find), the seconds after which a
+# silent producer is dead.
+LOOK_FUNCTION = """
+local function look(KEYS, ARGV)
+    local claim = redis.call("get", KEYS[1])
+    local now = tonumber(ARGV[2])
+    if claim and ARGV[6] ~= "1" then
+        local id, at = string.match(claim, "^(%S+) (%S+)$")
+        if id then
+            local meta = ARGV[4] .. id .. ":meta"
+            local m = redis.call("hmget", meta, "state", "hb", "headers", "trailer")
+            if m[1] == "complete" then
+                local parts = {}
+                for _, entry in ipairs(redis.call("xrange", ARGV[4] .. id, "-", "+")) do
+                    local fields = entry[2]
+                    for i = 1, #fields, 2 do
+                        if fields[i] == "d" then parts[#parts + 1] = fields[i + 1] end
+                    end
                 end
+                return {"hit", id, m[3], m[4] or "", table.concat(parts)}
+            elseif m[1] == "streaming" and now - tonumber(m[2] or 0) <= tonumber(ARGV[7]) then
+                return {"joined", id, m[3]}
+            elseif not m[1] and now - tonumber(at) < tonumber(ARGV[3]) then
+                return {"pending", id}
             end
-            return {"hit", id, m[3], m[4] or "", table.concat(parts)}
-        elseif m[1] == "streaming" and now - tonumber(m[2] or 0) <= tonumber(ARGV[7]) then
-            return {"joined", id, m[3]}
-        elseif not m[1] and now - tonumber(at) < tonumber(ARGV[3]) then
-            return {"pending", id}
         end
     end
+    redis.call("set", KEYS[1], ARGV[1], "px", ARGV[5])
+    return {"miss"}
 end
-redis.call("set", KEYS[1], ARGV[1], "px", ARGV[5])
-return {"miss"}
 """
+LOOK = LOOK_FUNCTION + "return look(KEYS, ARGV)\n"
 
 RELEASE = """
 local claim = redis.call("get", KEYS[1])
@@ -314,25 +319,37 @@ class RedisReplyCache(ReplyCache):
         self._look = client.register_script(LOOK)
         self._release = client.register_script(RELEASE)
 
+    def look_call(self, key: str, claim_id: str, *, fresh: bool, pending_for: float) -> tuple[list, list]:
+        """Return the keys and arguments of ``LOOK_FUNCTION``'s call for ``look``'s question."""
+        now = f"{time.time():.3f}"
+        return [KEY_PREFIX + key], [f"{claim_id} {now}", now, pending_for, ANSWER_PREFIX, self.claim_ttl_ms,
+                                    int(fresh), DEAD_AFTER]
+
     def look(self, key: str, claim_id: str, *, fresh: bool, pending_for: float) -> Found:
         if self.outage.down and not self.outage.should_try():
             return Found(OFF)
-        now = time.time()
+        keys, args = self.look_call(key, claim_id, fresh=fresh, pending_for=pending_for)
         try:
-            found = self._look(keys=[KEY_PREFIX + key], args=[f"{claim_id} {now:.3f}", f"{now:.3f}", pending_for,
-                                                                ANSWER_PREFIX, self.claim_ttl_ms, int(fresh),
-                                                                DEAD_AFTER])
+            found = self._look(keys=keys, args=args)
         except ERRORS as exc:
             self.outage.failed(exc)
             return Found(OFF)
         self.outage.recovered()
-        kind = found[0]
+        return self.found(found, claim_id)
+
+    @staticmethod
+    def found(found: list, claim_id: str) -> Found:
+        """Return what a call of ``LOOK_FUNCTION`` found."""
+        # A client without decode_responses (the rate-limit storage's, when the look rides on its call) gives bytes.
+        text = [item.decode() if isinstance(item, bytes) else item for item in found[:4]]
+        kind = text[0]
         if kind == HIT:
-            return Found(HIT, found[1], json.loads(found[2]), found[3], found[4].encode())
+            body = found[4] if isinstance(found[4], bytes) else found[4].encode()
+            return Found(HIT, text[1], json.loads(text[2]), text[3], body)
         if kind == JOINED:
-            return Found(JOINED, found[1], json.loads(found[2]))
+            return Found(JOINED, text[1], json.loads(text[2]))
         if kind == PENDING:
-            return Found(PENDING, found[1])
+            return Found(PENDING, text[1])
         return Found(MISS, claim_id)
 
     def release(self, key: str, claim_id: str) -> None:

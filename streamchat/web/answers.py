@@ -52,11 +52,20 @@ def question_key(cache: ReplyCache | None, relay: Relay, settings, *, messages, 
                      model=model)
 
 
-def find_answer(cache: ReplyCache, key: str, *, fresh: bool, pending_for: float) -> Found:
-    """Look for the answer to ``key`` until it is found, or this request holds the claim (or the cache is off)."""
-    claim_id = secrets.token_urlsafe(18)
+def new_claim_id() -> str:
+    """Return the id a request's answer has if it claims its question: 144 random bits, URL-safe."""
+    return secrets.token_urlsafe(18)
+
+
+def find_answer(cache: ReplyCache, key: str, claim_id: str, *, fresh: bool, pending_for: float,
+                found: Found | None = None) -> Found:
+    """Look for the answer to ``key`` until it is found, or ``claim_id`` holds the claim (or the cache is off).
+
+    ``found``: what a first look found already (made with the chat's count, ``guards.chat_counts``).
+    """
     while True:
-        found = cache.look(key, claim_id, fresh=fresh, pending_for=pending_for)
+        if found is None:
+            found = cache.look(key, claim_id, fresh=fresh, pending_for=pending_for)
         if found.kind == MISS:
             cache.claimed(claim_id)
         if found.kind != PENDING:
@@ -64,6 +73,7 @@ def find_answer(cache: ReplyCache, key: str, *, fresh: bool, pending_for: float)
         # A claim made in this process says when its answer starts; another process's is looked at again.
         if not cache.wait_for_claim(found.answer_id, pending_for):
             time.sleep(LOOK_EVERY)
+        found = None
 
 
 def answered_reply(cache: ReplyCache, found: Found, record: ReplyRecord, relay: Relay) -> Reply | None:

@@ -6,11 +6,13 @@ An API is a parser in front of this path and a framer behind it::
     open_reply(ChatRequest)   ->  OpenedReply       (this module: everything before the first byte)
     OpenedReply.stream(framer, content_type) / .whole(render, content_type)  ->  Response
 
-``open_reply`` takes the steps every reply takes, in this order (the route's
-hard rate limit, a decorator from ``guards.limits``, ran before the body was
-even read):
+``open_reply`` takes the steps every reply takes, in this order (``/v1``'s hard
+rate limit, a decorator from ``guards.limits``, ran before the body was even
+read):
 
-1. the record: a ``ReplyRecord`` with the request's ``Caller`` and start time;
+1. the record: a ``ReplyRecord`` with the request's ``Caller`` and start time,
+   and on ``/api/chat`` its count (``guards.chat_counts``: rate limits and
+   live budgets, with the reply cache's look in the same call);
 2. the reply cache (``answers``): a complete answer to the same question, or the
    same question's reply in flight, answers it now, spending nothing more; else
    the question is claimed, for others to follow this reply;
@@ -41,10 +43,11 @@ from ..domain.relay import Reply
 from ..domain.validation import Limits
 from ..server.disconnect import watch_client
 from ..shared.streams import StreamRecords
-from .answers import AnswerTap, answered_reply, find_answer, question_key
+from .answers import AnswerTap, answered_reply, find_answer, new_claim_id, question_key
 from .framing.recorded import recorded_response
 from .framing.response import reply_response, whole_response
 from .guards.budgets import hedge_reserver, release_tokens, reserve_tokens
+from .guards.chat_counts import count_chat_now
 from .operations.access import caller, request_started
 from .service import service
 
@@ -86,9 +89,15 @@ def open_reply(asked: ChatRequest) -> OpenedReply:
     key = None if asked.rules_requested else question_key(
         svc.cache, svc.relay, settings, messages=messages, options=asked.options, model=asked.model,
         scope=f"{asked.api}:{asked.service_key or ''}", upstreams=svc.upstreams_fingerprint)
+    claim_id, look = new_claim_id(), None
+    if key is not None and _look_rides_on_count(svc):
+        look = svc.cache.look_call(key, claim_id, fresh=asked.fresh, pending_for=_longest_first_text(svc))
+    count = count_chat_now(look)  # /api/chat: its rate limits and budgets (a 429 past a limit), and the look
     if key is not None:
         record.cache = "miss"
-        found = find_answer(svc.cache, key, fresh=asked.fresh, pending_for=_longest_first_text(svc))
+        looked = svc.cache.found(count.looked, claim_id) if count is not None and count.looked is not None else None
+        found = find_answer(svc.cache, key, claim_id, fresh=asked.fresh, pending_for=_longest_first_text(svc),
+                            found=looked)
         if found.kind in ("hit", "joined"):
             reply = answered_reply(svc.cache, found, record, svc.relay)
             if reply is not None:  # its live budget, counted with the rate limits, goes back (counted_chat)
@@ -123,6 +132,12 @@ def open_reply(asked: ChatRequest) -> OpenedReply:
             svc.cache.release(tap.key, tap.answer_id)
     g.reply_record = record  # the access log leaves this request to log_reply, when the reply closes
     return OpenedReply(reply, records, grace)
+
+
+def _look_rides_on_count(svc) -> bool:
+    """Whether the reply cache's look can be made in the chat's counting call: both in the same Redis."""
+    settings = svc.settings
+    return hasattr(svc.cache, "look_call") and settings.ratelimit_storage_uri == settings.redis_url
 
 
 def _longest_first_text(svc) -> float:

@@ -1,20 +1,28 @@
-"""A chat request's counts in one round trip: its hard rate limits and its live-reply budgets together.
+"""A chat request's counts in one round trip: its hard rate limits, its live-reply budgets and the cache's look.
 
 Through flask-limiter a chat request cost two round trips to Redis: its hit of
 ``CHAT_RATE_LIMIT`` (one per limit of the string), then, once the body was
 read, the budgets' (``LiveBudget``). At 1,000 streams that was 1.196 times the
-CPU of counting nothing. ``counted_chat`` counts them all in one call to the
-storage, before the body is read, as flask-limiter did: each rate limit in
-order, stopping at the first one breached (a 429, no budget spent), then every
-budget. In Redis that call is one script (``failsoft.COUNT_TOGETHER``); in
-memory, the same steps in this worker (``counters.ExpiringCounters``).
+CPU of counting nothing. A chat request now counts them all in one call to the
+storage: each rate limit in order, stopping at the first one breached (a 429,
+no budget spent), then every budget. In Redis that call is one script
+(``failsoft.COUNT_TOGETHER``); in memory, the same steps in this worker
+(``counters.ExpiringCounters``).
 
-The budgets are thus spent before the request is known to be valid: a request
-that opens no reply (a bad body, a 413) gets its budget units given back, a
-second round trip only for such requests. flask-limiter still declares and
-enforces every other limit (resuming and stopping a reply, the ``/v1`` API),
-and the chat's answers carry the same headers it would write: the breached
-limit's, else the first's.
+The count is taken once the body is parsed (``count_chat_now``, from the reply
+path), so that the reply cache's look for the question rides on the same script
+(``failsoft.COUNT_AND_LOOK``) when the counts and the cache share one Redis (the
+default: ``RATELIMIT_STORAGE_URI`` is ``REDIS_URL``): a miss costs no round trip
+of its own. A request whose body is refused (malformed, too large, too slow) is
+counted all the same, before its error is answered (``counted_chat``): junk costs
+the client what a real question costs, and a client past its limit gets its 429.
+
+The budgets are spent before the reply is known to open: a request that opens
+no reply (an error after the count) gets its budget units given back, a second
+round trip only for such requests; so does a question the cache answers (a hit
+or a join spends none). flask-limiter still declares and enforces every other
+limit (resuming and stopping a reply, the ``/v1`` API), and the chat's answers
+carry the same headers it would write: the breached limit's, else the first's.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ class ChatCount:
     breached: bool = False
     budget: str | None = None  # "budget" when a live-reply budget is spent
     spent: list[str] = field(default_factory=list)  # the budget keys counted, to give back if no reply opens
+    looked: list | None = None  # the reply cache's look, when it was made in the same call
 
     def headers(self) -> dict[str, str]:
         if self.limit is None:
@@ -69,8 +78,12 @@ def _items(limit: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(limit)) if limit else ()
 
 
-def count_chat(who: str) -> ChatCount | None:
-    """Count one chat request of ``who`` against the rate limits, then (if none is breached) the budgets."""
+def count_chat(who: str, look: tuple[list, list] | None = None) -> ChatCount | None:
+    """Count one chat request of ``who`` against the rate limits, then (if none is breached) the budgets.
+
+    ``look``: the reply cache's look (``RedisReplyCache.look_call``), to make in the same call when the storage
+    can (its reply in ``ChatCount.looked``).
+    """
     svc = service()
     rate = _items(svc.settings.chat_rate_limit)
     budget = svc.budget
@@ -80,13 +93,18 @@ def count_chat(who: str) -> ChatCount | None:
         return None
     storage = budget.counting_storage()
     limits = [(item, item.key_for("chat", who)) for item in rate]
+    counted_limits = [(key, item.get_expiry(), item.amount) for item, key in limits]
+    counted_spends = [(key, item.get_expiry()) for item, key in spending]
+    looked = None
     try:
-        counts = storage.count_together([(key, item.get_expiry(), item.amount) for item, key in limits],
-                                        [(key, item.get_expiry()) for item, key in spending])
+        if look is not None and hasattr(storage, "count_and_look"):
+            counts, looked = storage.count_and_look(counted_limits, counted_spends, look)
+        else:
+            counts = storage.count_together(counted_limits, counted_spends)
     except Exception as exc:  # counting must never break the chat: count nothing and say so
         log.warning("chat counts unavailable, not enforced: %s", exc)
         return None
-    result = ChatCount(limit=None)
+    result = ChatCount(limit=None, looked=looked)
     for (item, _), (count, expires_at) in zip(limits, counts):
         if result.limit is None or count > item.amount:
             result.limit, result.remaining, result.reset_at = item, max(item.amount - count, 0), expires_at
@@ -101,23 +119,39 @@ def count_chat(who: str) -> ChatCount | None:
 
 
 def counted_chat(view):
-    """Decorate the chat view: count its request before the body is read, a 429 past a rate limit."""
+    """Decorate the chat view: its request is counted once (``count_chat_now``), even when its body is refused."""
 
     @functools.wraps(view)
     def chat_view(*args, **kwargs):
-        count = count_chat(client_id())
-        if count is None:
-            return view(*args, **kwargs)
-        if count.breached:
-            raise ChatRateLimited(count)
-        g.chat_count = g.rate_limit_headers = count
+        g.chat_count_due = True
         try:
             return view(*args, **kwargs)
+        except Exception:
+            count_chat_now()  # a refused body counts too, and past a limit the answer is the 429
+            raise
         finally:
-            if count.spent and g.get("chat_count") is count:  # no reply opened: the budget is given back
+            count = g.get("chat_count")
+            if count is not None and count.spent:  # no reply took the budget: it is given back
                 service().budget.counting_storage().give_back(count.spent)
 
     return chat_view
+
+
+def count_chat_now(look: tuple[list, list] | None = None) -> ChatCount | None:
+    """Count this chat request, if it is due (once): raise the 429 past a rate limit; return the count.
+
+    ``look``: the reply cache's look, made in the same call where the storage can.
+    """
+    if not g.pop("chat_count_due", False):
+        return None
+    count = count_chat(client_id(), look)
+    if count is None:
+        return None
+    g.rate_limit_headers = count
+    if count.breached:
+        raise ChatRateLimited(count)
+    g.chat_count = count
+    return count
 
 
 def _add_rate_limit_headers(response):

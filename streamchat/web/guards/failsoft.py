@@ -41,6 +41,7 @@ from limits.storage import SCHEMES, RedisClusterStorage, Storage, storage_from_s
 from redis.exceptions import NoScriptError
 
 from ...shared.outage import Outage
+from ...shared.reply_cache import LOOK_FUNCTION
 from .counters import ExpiringCounters, count_in_turn
 
 PREFIX = "streamchat-failsoft+"
@@ -57,23 +58,46 @@ return {current, redis.call("pttl", KEYS[1])}
 """
 
 # The chat's counts in one call (chat_counts): the rate limits in order until one is past its amount,
-# then (if none) the budgets. ARGV: the number of limits, then an expiry and an amount per key.
-COUNT_TOGETHER = """
-local limits = tonumber(ARGV[1])
-local counted = {}
-for i, key in ipairs(KEYS) do
-    local current = redis.call("incrby", key, 1)
-    if current == 1 then
-        redis.call("expire", key, ARGV[2 * i])
+# then (if none) the budgets. ARGV: the number of limits, then an expiry and an amount per key. Returns the
+# counts, and whether a limit was breached.
+COUNT_FUNCTION = """
+local function count_together(KEYS, ARGV)
+    local limits = tonumber(ARGV[1])
+    local counted = {}
+    for i, key in ipairs(KEYS) do
+        local current = redis.call("incrby", key, 1)
+        if current == 1 then
+            redis.call("expire", key, ARGV[2 * i])
+        end
+        counted[#counted + 1] = current
+        counted[#counted + 1] = redis.call("pttl", key)
+        if i <= limits and current > tonumber(ARGV[2 * i + 1]) then
+            return counted, true
+        end
     end
-    counted[#counted + 1] = current
-    counted[#counted + 1] = redis.call("pttl", key)
-    if i <= limits and current > tonumber(ARGV[2 * i + 1]) then
-        return counted
-    end
+    return counted, false
 end
-return counted
 """
+COUNT_TOGETHER = COUNT_FUNCTION + "return (count_together(KEYS, ARGV))\n"
+# The counts, then (unless a limit was breached) the reply cache's look for the question, in the same call:
+# the chat's one round trip (``shared.reply_cache.LOOK_FUNCTION``). ARGV[1], ARGV[2]: how many keys and
+# arguments are the counts'; the rest are the look's.
+COUNT_AND_LOOK = COUNT_FUNCTION + LOOK_FUNCTION + """
+local keys, args = tonumber(ARGV[1]), tonumber(ARGV[2])
+local count_keys, count_args, look_keys, look_args = {}, {}, {}, {}
+for i = 1, #KEYS do
+    if i <= keys then count_keys[#count_keys + 1] = KEYS[i] else look_keys[#look_keys + 1] = KEYS[i] end
+end
+for i = 3, #ARGV do
+    if i <= args + 2 then count_args[#count_args + 1] = ARGV[i] else look_args[#look_args + 1] = ARGV[i] end
+end
+local counted, breached = count_together(count_keys, count_args)
+if breached then
+    return {counted}
+end
+return {counted, look(look_keys, look_args)}
+"""
+
 
 
 class FailSoftStorage(Storage):
@@ -97,6 +121,7 @@ class FailSoftStorage(Storage):
         # One script over several keys: not on a Redis Cluster, whose keys may live on different nodes.
         self._count_together = (client.register_script(COUNT_TOGETHER) if self._incr_with_expiry is not None
                                 and not isinstance(self.shared, RedisClusterStorage) else None)
+        self._count_and_look = client.register_script(COUNT_AND_LOOK) if self._count_together else None
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
 
     @property
@@ -161,6 +186,29 @@ class FailSoftStorage(Storage):
         self.outage.recovered()
         now = time.time()
         return [(int(replies[i]), now + max(int(replies[i + 1]), 0) / 1000) for i in range(0, len(replies), 2)]
+
+    def count_and_look(self, limits: list[tuple[str, int, int]], spends: list[tuple[str, int]],
+                       look: tuple[list, list]) -> tuple[list[tuple[int, float]], list | None]:
+        """``count_together``, then (unless a limit was breached) the reply cache's look (its keys and arguments,
+        ``RedisReplyCache.look_call``) in the same script call: the counts, and the look's reply (None when it
+        was not made: a limit breached, or Redis away)."""
+        if self._count_and_look is None or not self.outage.should_try():
+            return self.count_together(limits, spends), None
+        keys = [key for key, _, _ in limits] + [key for key, _ in spends]
+        args = [len(limits)] + [value for _, expiry, amount in limits for value in (expiry, amount)] + \
+               [value for _, expiry in spends for value in (expiry, 0)]
+        look_keys, look_args = look
+        try:
+            replies = self._count_and_look([self.shared.prefixed_key(key) for key in keys] + look_keys,
+                                           [len(keys), len(args), *args, *look_args])
+        except (self.shared.base_exceptions, OSError) as exc:
+            self.outage.failed(exc)
+            return self.memory.count_together(limits, spends), None
+        self.outage.recovered()
+        now = time.time()
+        counted = replies[0]
+        counts = [(int(counted[i]), now + max(int(counted[i + 1]), 0) / 1000) for i in range(0, len(counted), 2)]
+        return counts, replies[1] if len(replies) > 1 else None
 
     def give_back(self, keys: list[str]) -> None:
         """Take back one unit counted on each of ``keys`` (a request that opened no reply)."""

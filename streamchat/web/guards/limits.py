@@ -1,8 +1,9 @@
 """The hard rate limits, and who the client is.
 
 ``limiter`` (flask-limiter) holds the hard per-client limit on ``POST /api/chat``
-(``CHAT_RATE_LIMIT``) and per key on ``/v1`` (``API_RATE_LIMIT``); over it the
-client gets a 429 with ``Retry-After``, before its body is read. Counts live in
+(``CHAT_RATE_LIMIT``, counted by ``chat_counts`` in one call with the budgets) and
+per key on ``/v1`` (``API_RATE_LIMIT``); over it the client gets a 429 with
+``Retry-After`` (on ``/v1`` before its body is read). Counts live in
 ``RATELIMIT_STORAGE_URI``: ``memory://`` counts per worker process
 (``counters.ExpiringCounters``), ``redis://`` shares one count across workers
 and machines. While Redis is unreachable each worker counts in its own memory
