@@ -180,6 +180,19 @@ def test_off_with_a_ttl_of_zero(provider, records, tmp_path):
     assert client.get("/healthz").json["reply_cache"]["store"].startswith("none")
 
 
+def test_with_its_redis_away_there_is_no_cache_and_no_error(provider, records, tmp_path):
+    from servers import free_port
+
+    client = make_client(provider, records, tmp_path, REDIS_URL=f"redis://127.0.0.1:{free_port()}", RESUME_TTL="0")
+    replies = [chat(client) for _ in range(2)]
+    assert [(r.status_code, r.headers["X-Terminal-Mode"], r.headers["X-Terminal-Cache"]) for r in replies] == [
+        (200, "live", "miss")] * 2
+    assert len(provider.history) == 2
+    health = client.get("/healthz").json
+    assert health["reply_cache"]["store"] == "redis" and health["reply_cache"]["healthy"] is False
+    assert health["status"] == "degraded"
+
+
 def test_a_changed_system_prompt_or_model_never_serves_the_old_answer(provider, records, tmp_path):
     client = make_client(provider, records, tmp_path)
     chat(client)

@@ -78,6 +78,7 @@ def healthz():
             "token_budget": svc.tokens.health() if svc.tokens else {"budget": "none"},
             "shared": shared_health(svc), "resume": resume_health(svc), "reply_cache": cache_health(svc)}
     if (body["rules"]["error"] or not body["rate_limit"]["healthy"] or not body["shared"]["healthy"]
-            or not body["resume"].get("healthy", True) or not body["token_budget"].get("healthy", True)):
+            or not body["resume"].get("healthy", True) or not body["token_budget"].get("healthy", True)
+            or not body["reply_cache"].get("healthy", True)):
         body["status"] = "degraded"
     return jsonify(body)
