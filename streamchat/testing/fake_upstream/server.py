@@ -525,7 +525,7 @@ class _Reply:
     def _fault(self) -> None:
         fault = self.fault
         if fault == "drop_after":
-            self.conn.transport.close()  # no terminating chunk: a dropped connection
+            self._after_queued(self.conn.transport.close)  # no terminating chunk: a dropped connection
         elif fault == "error_after":
             self._write(b"".join(sse_event(n, d, self.newline) for n, d in self.wire.stream_error()))
             self._finish()
@@ -541,10 +541,15 @@ class _Reply:
         self._finish()
 
     def _finish(self) -> None:
-        if self.cursor > self.loop.time():
-            self.loop.call_at(self.cursor + 0.001, self._terminate)  # after the last queued piece
+        self._after_queued(self._terminate)
+
+    def _after_queued(self, action) -> None:
+        # After the last queued split piece, whenever that is: checking the clock instead ("is a piece still
+        # to go?") let a starved thread end the body before pieces queued a moment earlier.
+        if self.cursor:
+            self.loop.call_at(self.cursor + 0.001, action)
         else:
-            self._terminate()
+            action()
 
     def _terminate(self) -> None:
         transport = self.conn.transport
