@@ -69,6 +69,9 @@ class Suggestions:
             try:
                 crowd, crowd_cpu = self._visit(service, AT_ONCE, "sugg-crowd")
                 mixed, _ = self._visit(service, count, "sugg-on")
+                # The answers' ends are written within the records' flush (50 ms): asked sooner, a question
+                # follows its answer's last bytes (joined) rather than finding it complete.
+                time.sleep(0.5)
                 hits, hits_cpu = self._visit(service, count, "sugg-on")
             finally:
                 service.stop()

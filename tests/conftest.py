@@ -18,7 +18,7 @@ from streamchat.testing.fake_upstream import FakeUpstream
 from streamchat.testing.processes import MissingComponent
 
 #: Fixtures that start a real process: a test that uses one is in the full tier only.
-PROCESS_FIXTURES = {"live", "live_anthropic", "redis_server", "browser"}
+PROCESS_FIXTURES = {"live", "live_anthropic", "redis_server", "shared_redis", "browser"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -119,6 +119,14 @@ def runner(app):
 @pytest.fixture
 def redis_server(tmp_path):
     server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory):
+    """One redis-server for a module's instances to share (its tests tell their keys apart)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 

@@ -221,6 +221,15 @@ def test_expiry_and_clearing():
     assert cache.look("k", "d", fresh=False, pending_for=5).kind == "miss"  # c never started: its claim lapsed
 
 
+def test_an_answer_that_vanished_before_its_first_piece_lets_the_request_ask_on_its_own():
+    from streamchat.domain.record import ReplyRecord
+    from streamchat.shared.reply_cache import Found
+    from streamchat.web.answers import answered_reply
+
+    cache = MemoryReplyCache(ttl=60, cleared_mark="/nonexistent/mark")
+    assert answered_reply(cache, Found("joined", "gone", {"provider": "p"}), ReplyRecord(), relay=None) is None
+
+
 def test_a_cleared_cache_forgets_in_every_worker(tmp_path):
     mark = str(tmp_path / "mark")
     one, other = MemoryReplyCache(ttl=60, cleared_mark=mark), MemoryReplyCache(ttl=60, cleared_mark=mark)

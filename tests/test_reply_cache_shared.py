@@ -20,15 +20,6 @@ TTL = 600
 
 
 @pytest.fixture(scope="module")
-def shared_redis(tmp_path_factory):
-    from conftest import RedisServer
-
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def pair(fake, log_dir, shared_redis):
     env = dict(OPENAI_BASE_URL=f"{fake.url}/v1", REDIS_URL=shared_redis.url, RESUME_GRACE="2", LLM_COOLDOWN="0",
                REPLY_CACHE_TTL=str(TTL), SERVICE_API_KEYS=KEY, LLM_TOKEN_BUDGET_GLOBAL="10000000/day")

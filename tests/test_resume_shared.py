@@ -15,15 +15,6 @@ pytestmark = [pytest.mark.processes, pytest.mark.redis]
 
 
 @pytest.fixture(scope="module")
-def shared_redis(tmp_path_factory):
-    from conftest import RedisServer
-
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def pair(fake, log_dir, shared_redis):
     env = dict(OPENAI_BASE_URL=f"{fake.url}/v1", REDIS_URL=shared_redis.url, RESUME_GRACE="5", LLM_COOLDOWN="0")
     with Gunicorn(log_dir, workers=2, **env) as a, Gunicorn(log_dir, workers=2, **env) as b:

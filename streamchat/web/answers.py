@@ -37,7 +37,7 @@ from ..errors import FollowedReplyBroke, ProviderError
 from ..server.drain import DRAIN
 from ..shared import streams
 from ..shared.reply_cache import HIT, MISS, PENDING, Found, ReplyCache, pieces_of, text_of
-from ..shared.streams import ProducerGone, RecordsUnavailable
+from ..shared.streams import ProducerGone, RecordsUnavailable, UnknownStream
 
 LOOK_EVERY = 0.05  # seconds between looks while the question's claimant waits for its model's first text
 FOLLOWED_WITHIN = 2 * streams.FOLLOW_WAKE  # a follower looks at least this often while it follows
@@ -100,7 +100,7 @@ def _followed(cache: ReplyCache, answer_id: str, usage: Usage) -> Iterator[str]:
     try:
         yield from text_of(answers.read(answer_id, 0))
         info = answers.info(answer_id)
-    except (ProducerGone, RecordsUnavailable) as exc:
+    except (ProducerGone, RecordsUnavailable, UnknownStream) as exc:  # UnknownStream: expired, or cleared
         raise FollowedReplyBroke(f"the reply this one followed broke off: {exc!r}") from None
     if info.state != streams.COMPLETE:
         error = FollowedReplyBroke(f"the reply this one followed ended {info.state}")

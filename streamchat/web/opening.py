@@ -102,7 +102,7 @@ def open_reply(asked: ChatRequest) -> OpenedReply:
             reply = answered_reply(svc.cache, found, record, svc.relay)
             if reply is not None:  # its live budget, counted with the rate limits, goes back (counted_chat)
                 g.reply_record = record
-                return OpenedReply(reply, records, grace)
+                return OpenedReply(reply, records, grace, at_once=found.kind == "hit")
             record.cache = "miss"  # the answer it joined broke before its first piece: this one asks on its own
         elif found.kind == "miss":
             tap = AnswerTap(svc.cache, key, found.answer_id)
@@ -134,6 +134,17 @@ def open_reply(asked: ChatRequest) -> OpenedReply:
     return OpenedReply(reply, records, grace)
 
 
+def _in_one_write(framer: Callable[[Reply], Iterator[bytes]]) -> Callable[[Reply], Iterator[bytes]]:
+    """Frame a reply whose text is all here as one write: the same bytes (each piece still its own SSE event
+    or run of text), without a system call and a trip through the server per piece (a hit's 100 pieces
+    cost the worker 2.2 ms in 100 writes)."""
+    def framed(reply: Reply) -> Iterator[bytes]:
+        body = b"".join(framer(reply))
+        if body:
+            yield body
+    return framed
+
+
 def _look_rides_on_count(svc) -> bool:
     """Whether the reply cache's look can be made in the chat's counting call: both in the same Redis."""
     settings = svc.settings
@@ -153,9 +164,12 @@ class OpenedReply:
     reply: Reply
     records: StreamRecords | None  # where it is recorded as it streams; None: not recorded
     grace: float  # seconds it outlives its client, for the client to come back
+    at_once: bool = False  # its text is all here (a hit): the framed pieces go out in one write
 
     def stream(self, framer: Callable[[Reply], Iterator[bytes]], content_type: str) -> Response:
         """Return the response streaming the reply through ``framer``, recorded when the API is resumable."""
+        if self.at_once:
+            framer = _in_one_write(framer)
         if self.records is None:
             return reply_response(self.reply, framer, content_type)
         return recorded_response(self.reply, framer, content_type, self.records, self.grace)

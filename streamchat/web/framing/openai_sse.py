@@ -32,12 +32,15 @@ def model_of(reply: Reply) -> str:
 
 
 def terminal(reply: Reply) -> dict[str, Any]:
-    """The ``x_terminal`` extension: who answered, how the reply ended, and whether the reply cache answered."""
+    """The ``x_terminal`` extension: who answered, how the reply ended, and whether the reply cache answered
+    (``cache``, for a question it keeps)."""
     record = reply.record
-    return {"mode": record.mode, "reason": record.reason or record.cut_reason or None,
-            "ended": "cut_short" if record.ended == CUT_SHORT else "complete",
-            "usage_estimated": record.tokens_estimated if record.mode == "live" else False,
-            "cache": record.cache or None}
+    extension = {"mode": record.mode, "reason": record.reason or record.cut_reason or None,
+                 "ended": "cut_short" if record.ended == CUT_SHORT else "complete",
+                 "usage_estimated": record.tokens_estimated if record.mode == "live" else False}
+    if record.cache:
+        extension["cache"] = record.cache
+    return extension
 
 
 def usage_of(reply: Reply) -> dict[str, int]:
