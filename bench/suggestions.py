@@ -102,12 +102,13 @@ class Suggestions:
     def cache_miss(self) -> dict:
         bench = self.bench
         count = 200 if bench.quick else 1000
+        turns = 2 if bench.quick else TURNS
         redis = self._redis()
         upstream = f"http://{HOST}:{bench.fake_port}/v1"
         counted = dict(OPENAI_BASE_URL=upstream, CHAT_RATE_LIMIT="100000000/minute")
         streams = lambda service, tag: bench.via_service(service, id=f"miss-{tag}")  # noqa: E731 (distinct ids)
         try:
-            figures = bench.cpu_in_turn(count, turns=TURNS, alternate=True, modes={
+            figures = bench.cpu_in_turn(count, turns=turns, alternate=True, modes={
                 "redis_off": (dict(counted, REDIS_URL=redis.url, REPLY_CACHE_TTL="0"), streams),
                 "redis_on": (dict(counted, REDIS_URL=redis.url, REPLY_CACHE_TTL="3600"), streams),
                 "memory_off": (dict(counted, REPLY_CACHE_TTL="0"), streams),
@@ -116,7 +117,7 @@ class Suggestions:
             redis.stop()
         for store in ("redis", "memory"):
             ratios = [ratio(figures[f"{store}_on{turn}_cpu_s"], figures[f"{store}_off{turn}_cpu_s"])
-                      for turn in range(1, TURNS + 1)]
+                      for turn in range(1, turns + 1)]
             figures[f"{store}_on_vs_off_each"] = ratios
             figures[f"{store}_on_vs_off"] = statistics.median(ratios)
         return figures

@@ -43,7 +43,7 @@ def test_quick_benchmark_runs_every_scenario_and_writes_its_report(tmp_path):
     assert suggestions["crowd_upstream_calls"] == 3 and suggestions["crowd_joined"] == 197
     misses = figures["cache_miss"]  # every distinct question a miss, and still a live reply
     assert all(misses[f"{mode}{turn}_live"] == misses["streams"] for mode in ("redis_on", "memory_on")
-               for turn in range(1, 5))
+               for turn in (1, 2))
     tls = figures["tls"]  # every stream live from the HTTPS upstream too, none failed over
     assert (tls["tls_live"], tls["plain_live"]) == (tls["streams"], tls["streams"])
     aborts = figures["aborts"]
