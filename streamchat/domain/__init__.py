@@ -9,7 +9,7 @@ answered, what it cost, how it ended), ``breaker`` (the circuit breaker),
 ``providers`` (the provider contract and the upstream APIs),
 ``provider_facts`` (each API's name, settings and defaults, without its code),
 ``rules`` (the keyword responder and its file checks), ``validation`` (a chat
-request's body to messages), ``usage`` (token counts, estimates and
+request's body to messages), ``ui_messages`` (the AI SDK's body of UI messages), ``usage`` (token counts, estimates and
 reservations), ``cache_key`` (which questions the reply cache takes for the
 same one) and ``sse`` (a pure Server-Sent Events decoder).
 """

@@ -2,7 +2,9 @@
 
 ``parse_chat_request()`` turns the raw body into a clean list of messages
 or raises ``InvalidRequest`` with the HTTP status, a stable error code for
-programs and a sentence for people. Pure: no Flask.
+programs and a sentence for people. It takes the service's own body,
+``{"messages": [{role, content}]}``, and the AI SDK's ``useChat`` body of UI
+messages (``ui_messages``). Pure: no Flask.
 """
 
 from __future__ import annotations
@@ -60,10 +62,15 @@ def parse_chat_request(body: bytes, content_type: str | None, limits: Limits) ->
     payload = json_body(body, content_type)
     if not isinstance(payload, dict):
         raise InvalidRequest(400, "invalid_body", 'The body must be a JSON object like {"messages": [...]}.')
-    unknown = sorted(set(payload) - {"messages"})
-    if unknown:
-        raise InvalidRequest(400, "unknown_field", f"Unknown field {unknown[0]!r}: only 'messages' is accepted.")
-    messages = payload.get("messages")
+    from .ui_messages import is_ui_body, messages_of_ui_body  # here: ui_messages raises this module's errors
+
+    if is_ui_body(payload):  # the AI SDK's: its fields and the app's own extra ones are no error
+        messages = messages_of_ui_body(payload)
+    else:
+        unknown = sorted(set(payload) - {"messages"})
+        if unknown:
+            raise InvalidRequest(400, "unknown_field", f"Unknown field {unknown[0]!r}: only 'messages' is accepted.")
+        messages = payload.get("messages")
     if not isinstance(messages, list):
         raise InvalidRequest(400, "invalid_messages", "'messages' must be a list of {role, content} objects.")
     if not messages:
