@@ -24,6 +24,18 @@ apt_install() {  # apt_install PACKAGE... : install the ones that are missing
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
+ensure_node_packages() {  # ensure_node_packages DIR : DIR/node_modules as DIR/package-lock.json pins it
+  local dir="$ROOT/$1" want
+  command -v node >/dev/null || apt_install nodejs
+  command -v npm >/dev/null || apt_install npm
+  want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  if [ "$(cat "$dir/node_modules/.installed" 2>/dev/null)" != "$want" ]; then
+    echo "installing Node packages in $1" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    echo "$want" > "$dir/node_modules/.installed"
+  fi
+}
+
 ensure_venv() {  # ensure_venv REQUIREMENTS_FILE : a venv with exactly these pins installed
   local requirements="$1" stamp="$VENV/.installed-${1%.txt}"  # one per file: ./run and ./run-tests do not undo each other
   if [ ! -x "$VENV/bin/python" ]; then

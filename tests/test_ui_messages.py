@@ -113,3 +113,67 @@ def test_the_text_transport_gets_the_reply_as_plain_text():
         assert response.status_code == 200 and response.get_data() == "Héllo ✓".encode()
         assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert provider.history[0].messages == [{"role": "user", "content": "hi"}]
+
+
+# -- the UI message stream (POST /api/chat/ui) ---------------------------------------------------
+
+def events(data: bytes) -> list:
+    """The SSE ``data:`` payloads of a UI message stream, JSON-decoded ([DONE] as is)."""
+    found = []
+    for block in data.decode().split("\n\n"):
+        if block.startswith("data: "):
+            payload = block[len("data: "):]
+            found.append(payload if payload == "[DONE]" else json.loads(payload))
+    return found
+
+
+def ui_client(provider, **settings):
+    return create_app({"CHAT_RATE_LIMIT": "off", "RESUME_GRACE": "0", "LLM_COOLDOWN": "0", **settings},
+                      providers=[provider]).test_client()
+
+
+def test_the_default_transport_gets_the_ui_message_stream_with_its_metadata():
+    from streamchat.errors import UpstreamServerError
+
+    provider = FakeProvider(model="fake-1").enqueue("Hé", "llo ", "✓")
+    client = ui_client(provider)
+    with client.post("/api/chat/ui", json=body(ui("user", text("hi")))) as response:
+        data = response.get_data()
+        assert response.status_code == 200 and response.headers["x-vercel-ai-ui-message-stream"] == "v1"
+        assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        stream_id = response.headers["X-Stream-Id"]
+    found = events(data)
+    assert [e if e == "[DONE]" else e["type"] for e in found] == [
+        "start", "text-start", "text-delta", "text-delta", "text-delta", "text-end", "finish", "[DONE]"]
+    assert "".join(e["delta"] for e in found if isinstance(e, dict) and e["type"] == "text-delta") == "Héllo ✓"
+    assert found[0]["messageMetadata"] == {"mode": "live", "reason": None, "provider": "fake", "model": "fake-1",
+                                           "streamId": stream_id}
+    assert found[-2]["messageMetadata"]["ended"] == "complete"
+    # The same reply read again by its stream id is the same stream, byte for byte.
+    with client.get(f"/api/chat/streams/{stream_id}") as again:
+        assert again.get_data() == data and again.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    # A fallback is text with its mode in the metadata; a reply cut short ends with the notice, never an error.
+    provider.enqueue(then=UpstreamServerError("down"))
+    with client.post("/api/chat/ui", json=body(ui("user", text("hi")))) as response:
+        fallback = events(response.get_data())
+    assert fallback[0]["messageMetadata"]["mode"] == "fallback" and fallback[0]["messageMetadata"]["reason"]
+    assert all(e == "[DONE]" or e["type"] != "error" for e in fallback)
+    provider.enqueue("Half a rep", then=UpstreamServerError("boom"))
+    with client.post("/api/chat/ui", json=body(ui("user", text("hi")))) as response:
+        cut = events(response.get_data())
+    deltas = "".join(e["delta"] for e in cut if isinstance(e, dict) and e["type"] == "text-delta")
+    assert deltas.startswith("Half a rep\n\n[Reply cut short:") and cut[-2]["messageMetadata"]["ended"] == "cut_short"
+    assert all(e == "[DONE]" or e["type"] != "error" for e in cut)
+
+
+def test_resume_by_chat_id_is_204_with_no_reply_in_progress():
+    client = ui_client(FakeProvider(model="fake-1"))
+    for path in ("/api/chat/chat-7/stream", "/api/chat/ui/chat-7/stream", "/api/chat/ui/bad%20id/stream"):
+        with client.get(path) as response:
+            assert (response.status_code, response.get_data()) == (204, b"")
+    with client.post("/api/chat/ui", json=body(ui("user", text("hi")), id="chat-7")) as response:
+        response.get_data()
+    with client.get("/api/chat/ui/chat-7/stream") as response:  # it ended: nothing in progress
+        assert response.status_code == 204
+    with client.post("/api/chat/ui", json=body(ui("user", text("hi")), id="no spaces")) as response:
+        assert response.status_code == 400 and response.json["error"]["code"] == "invalid_chat_id"

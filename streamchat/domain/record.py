@@ -71,5 +71,6 @@ class ReplyRecord:
     hedge: str = ""  # the upstream started beside a slow one (LLM_HEDGE_AFTER), if any
     hedge_won: bool = False  # whether that hedge wrote first and answered
     cache: str = ""  # a question the reply cache keeps: hit, joined (an identical one in flight) or miss
+    stream_id: str = ""  # its record's id (X-Stream-Id), once it is recorded
     caller: Caller | None = None  # None for a reply no web request asked for
     tokens: TokenHold = field(default_factory=TokenHold)

@@ -10,6 +10,7 @@ messages (``ui_messages``). Pure: no Flask.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,15 +58,37 @@ def json_body(body: bytes, content_type: str | None, wrong_type_status: int = 41
         raise InvalidRequest(400, "invalid_json", f"The body is not valid JSON: {exc}.") from None
 
 
+#: A chat id the service keeps (the AI SDK's are 16 characters of [A-Za-z0-9_-]): it names a record in Redis.
+CHAT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass(frozen=True)
+class ChatBody:
+    """A chat request's conversation, and the AI SDK's chat id when it sent one."""
+
+    messages: list[dict[str, str]]
+    chat_id: str | None = None
+
+
 def parse_chat_request(body: bytes, content_type: str | None, limits: Limits) -> list[dict[str, str]]:
     """Return the conversation's messages, or raise InvalidRequest naming the first problem."""
+    return parse_chat_body(body, content_type, limits).messages
+
+
+def parse_chat_body(body: bytes, content_type: str | None, limits: Limits) -> ChatBody:
+    """Return the conversation and its chat id, or raise InvalidRequest naming the first problem."""
     payload = json_body(body, content_type)
     if not isinstance(payload, dict):
         raise InvalidRequest(400, "invalid_body", 'The body must be a JSON object like {"messages": [...]}.')
     from .ui_messages import is_ui_body, messages_of_ui_body  # here: ui_messages raises this module's errors
 
+    chat_id = None
     if is_ui_body(payload):  # the AI SDK's: its fields and the app's own extra ones are no error
         messages = messages_of_ui_body(payload)
+        chat_id = payload.get("id")
+        if chat_id is not None and not (isinstance(chat_id, str) and CHAT_ID.fullmatch(chat_id)):
+            raise InvalidRequest(400, "invalid_chat_id", "id (the chat's) must be 1 to 128 characters of letters, "
+                                                         "digits and . _ : -.")
     else:
         unknown = sorted(set(payload) - {"messages"})
         if unknown:
@@ -86,7 +109,7 @@ def parse_chat_request(body: bytes, content_type: str | None, limits: Limits) ->
                              f"consecutive messages of one role); the limit is {limits.max_chars}.")
     if clean[-1]["role"] != "user":
         raise InvalidRequest(400, "last_message_not_user", "The last message must be the user's.")
-    return clean
+    return ChatBody(clean, chat_id)
 
 
 def sent_chars(messages: list[dict[str, str]]) -> int:

@@ -28,6 +28,7 @@ class _Record:
     state: str = STREAMING
     cut_reason: str = ""
     trailer: str = ""
+    name: str = ""  # what it can be found by besides its id (``named``)
     readers: int = 0
     last_read: float = 0.0  # monotonic time a reader last looked
     expires: float | None = None  # monotonic time, once it ended
@@ -60,13 +61,16 @@ class MemoryStreams(StreamRecords):
         self._records: dict[str, _Record] = {}
         self._expiry: list[tuple[float, str]] = []
         self._producers: dict[str, Callable[[], None]] = {}  # stream id -> what stops its reply
+        self._names: dict[str, str] = {}  # a record's name -> its stream id, while the record lives
 
     # -- the producing side ---------------------------------------------------------------------
 
-    def start(self, stream_id: str, headers: dict[str, str], stop: Callable[[], None]) -> None:
+    def start(self, stream_id: str, headers: dict[str, str], stop: Callable[[], None], name: str = "") -> None:
         self._expire()
-        self._records[stream_id] = _Record(headers=dict(headers))
+        self._records[stream_id] = _Record(headers=dict(headers), name=name)
         self._producers[stream_id] = stop
+        if name:
+            self._names[name] = stream_id
 
     def append(self, stream_id: str, data: bytes) -> None:
         record = self._records.get(stream_id)
@@ -127,6 +131,14 @@ class MemoryStreams(StreamRecords):
             record.readers -= 1
             record.last_read = self.clock()
 
+    def named(self, name: str) -> str | None:
+        self._expire()
+        stream_id = self._names.get(name)
+        if stream_id is not None and stream_id not in self._records:
+            del self._names[name]  # its record expired
+            return None
+        return stream_id
+
     def stop(self, stream_id: str) -> str:
         record = self._record(stream_id)
         if record.state == STREAMING:
@@ -159,3 +171,5 @@ class MemoryStreams(StreamRecords):
         if record is not None and record.expires == at:
             del self._records[stream_id]
             self._kept -= len(record.body)
+            if record.name and self._names.get(record.name) == stream_id:
+                del self._names[record.name]

@@ -43,19 +43,24 @@ STOP_CHANNEL = "streamchat:stop"
 FLUSH_EVERY = 0.05  # seconds a batch may wait before it is written
 FLUSH_BYTES = 4096  # a batch this large is written at once
 HEARTBEAT_EVERY = 1.0
-DEAD_AFTER = 5.0
-READER_MARK_EVERY = 0.4  # seconds between a reader's marks that it still reads  # seconds without a heartbeat after which a reader takes the producer for dead
+DEAD_AFTER = 5.0  # seconds without a heartbeat after which a reader takes the producer for dead
+READER_MARK_EVERY = 0.4  # seconds between a reader's marks that it still reads
 
 # One call per flush. KEYS: stream, meta for each reply; ARGV: now, ttl while streaming, ttl once ended, then
-# for each reply its headers (JSON, only in the first batch), data, end state, reason and trailer (only in the last).
+# for each reply its headers (JSON, only in the first batch), data, end state, reason and trailer (only in the last),
+# and the key of its name (in the first and the last: it points at the stream as long as the record lives).
 FLUSH = """
 local now, live_ttl, ttl = ARGV[1], ARGV[2], ARGV[3]
 for i = 1, #KEYS / 2 do
     local stream, meta = KEYS[2 * i - 1], KEYS[2 * i]
-    local at = 3 + (i - 1) * 5
+    local at = 3 + (i - 1) * 6
+    local name = ARGV[at + 6]
     local headers, data, ending, reason = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
     if headers ~= "" then
         redis.call("hset", meta, "headers", headers, "state", "streaming", "reader", 0)
+        if name ~= "" then
+            redis.call("set", name, stream, "px", live_ttl)
+        end
     end
     if data ~= "" then
         redis.call("xadd", stream, "*", "d", data)
@@ -65,6 +70,9 @@ for i = 1, #KEYS / 2 do
         redis.call("hset", meta, "state", ending, "reason", reason, "trailer", ARGV[at + 5], "hb", now)
         redis.call("pexpire", stream, ttl)
         redis.call("pexpire", meta, ttl)
+        if name ~= "" and redis.call("get", name) == stream then
+            redis.call("pexpire", name, ttl)
+        end
     else
         redis.call("hset", meta, "hb", now)
         if headers ~= "" or data ~= "" then
@@ -84,6 +92,7 @@ class _Batch:
     ending: str = ""  # the end state, once the reply ended
     reason: str = ""
     trailer: str = ""
+    name: str = ""  # the key of the record's name, if it has one
 
 
 def _unavailable_while_redis_is_away(method):
@@ -126,12 +135,13 @@ class RedisStreams(StreamRecords):
     # FLUSH_EVERY. Measured at 1,000 streams, a round trip to create and one to end each record cost
     # 21% more CPU per upstream chunk than recording off; batched, 5-7% (2026-12-05, two runs in turn).
 
-    def start(self, stream_id: str, headers: dict[str, str], stop: Callable[[], None]) -> None:
+    def start(self, stream_id: str, headers: dict[str, str], stop: Callable[[], None], name: str = "") -> None:
         self._run_here()
         if self.outage.down:  # the flusher found it so, and will find it back
             raise RecordsUnavailable("Redis is away")
         with self._lock:
-            self._batches[stream_id] = _Batch(headers=json.dumps(headers))
+            self._batches[stream_id] = _Batch(headers=json.dumps(headers), name=self.prefix + "name:" + name
+                                              if name else "")
         self._producers[stream_id] = stop
 
     def append(self, stream_id: str, data: bytes) -> None:
@@ -165,7 +175,8 @@ class RedisStreams(StreamRecords):
                 if not (batch.headers or batch.data or batch.ending or beat):
                     continue
                 keys += [self.prefix + stream_id, self.prefix + stream_id + ":meta"]
-                args += [batch.headers, bytes(batch.data), batch.ending, batch.reason, batch.trailer]
+                args += [batch.headers, bytes(batch.data), batch.ending, batch.reason, batch.trailer,
+                         batch.name if batch.headers or batch.ending else ""]
                 batch.headers, batch.data = "", bytearray()
                 if batch.ending:
                     del self._batches[stream_id]
@@ -236,6 +247,11 @@ class RedisStreams(StreamRecords):
                     return  # expired while read
                 if state[0] == STREAMING and time.time() - float(state[1] or 0) > DEAD_AFTER:
                     raise ProducerGone(stream_id)
+
+    @_unavailable_while_redis_is_away
+    def named(self, name: str) -> str | None:
+        stream = self.client.get(self.prefix + "name:" + name)
+        return stream[len(self.prefix):] if stream else None
 
     @_unavailable_while_redis_is_away
     def stop(self, stream_id: str) -> str:

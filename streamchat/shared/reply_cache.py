@@ -218,7 +218,7 @@ class LocalFirst(StreamRecords):
         self.shared_store = shared
         self.local = local
 
-    def start(self, stream_id, headers, stop) -> None:
+    def start(self, stream_id, headers, stop, name="") -> None:
         self.shared_store.start(stream_id, headers, stop)  # RecordsUnavailable: neither
         self.local.start(stream_id, headers, stop)
 

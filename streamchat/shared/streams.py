@@ -62,8 +62,11 @@ class StreamRecords(ABC):
     # -- the producing side ---------------------------------------------------------------------
 
     @abstractmethod
-    def start(self, stream_id: str, headers: dict[str, str], stop: Callable[[], None]) -> None:
-        """Start a record; ``stop`` ends the reply when someone asks (``RecordsUnavailable``: no record)."""
+    def start(self, stream_id: str, headers: dict[str, str], stop: Callable[[], None], name: str = "") -> None:
+        """Start a record; ``stop`` ends the reply when someone asks (``RecordsUnavailable``: no record).
+
+        ``name``: another key it can be found by while it lives (``named``), such as the AI SDK's chat id.
+        """
 
     @abstractmethod
     def append(self, stream_id: str, data: bytes) -> None:
@@ -93,6 +96,10 @@ class StreamRecords(ABC):
     @abstractmethod
     def read(self, stream_id: str, offset: int) -> Iterator[bytes]:
         """Yield the body from ``offset``, then what is added, until the reply ends."""
+
+    def named(self, name: str) -> str | None:
+        """Return the stream id of the latest record started with ``name``, while it lives; None if none."""
+        return None
 
     @abstractmethod
     def stop(self, stream_id: str) -> str:

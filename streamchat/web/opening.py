@@ -166,13 +166,17 @@ class OpenedReply:
     grace: float  # seconds it outlives its client, for the client to come back
     at_once: bool = False  # its text is all here (a hit): the framed pieces go out in one write
 
-    def stream(self, framer: Callable[[Reply], Iterator[bytes]], content_type: str) -> Response:
-        """Return the response streaming the reply through ``framer``, recorded when the API is resumable."""
+    def stream(self, framer: Callable[[Reply], Iterator[bytes]], content_type: str,
+               extra: dict[str, str] | None = None, name: str = "") -> Response:
+        """Return the response streaming the reply through ``framer``, recorded when the API is resumable.
+
+        ``extra``: the wire format's own headers; ``name``: what its record can be found by (a chat id).
+        """
         if self.at_once:
             framer = _in_one_write(framer)
         if self.records is None:
-            return reply_response(self.reply, framer, content_type)
-        return recorded_response(self.reply, framer, content_type, self.records, self.grace)
+            return reply_response(self.reply, framer, content_type, extra)
+        return recorded_response(self.reply, framer, content_type, self.records, self.grace, extra, name)
 
     def whole(self, render: Callable[[Reply, Iterator[str]], bytes], content_type: str) -> Response:
         """Return the response holding the whole reply, as ``render`` writes it."""

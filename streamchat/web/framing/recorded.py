@@ -59,15 +59,21 @@ def new_stream_id() -> str:
 
 
 def recorded_response(reply: Reply, framer: Callable[[Reply], Iterator[bytes]], content_type: str,
-                      store: StreamRecords, grace: float) -> Response:
-    """Return the response streaming ``reply`` through ``framer``, recorded under a new ``X-Stream-Id``."""
-    stream_id = new_stream_id()
-    headers = reply_headers(reply)
+                      store: StreamRecords, grace: float, extra: dict[str, str] | None = None,
+                      name: str = "") -> Response:
+    """Return the response streaming ``reply`` through ``framer``, recorded under a new ``X-Stream-Id``.
+
+    ``extra``: headers of the wire format, recorded too; ``name``: what the record can be found by besides
+    its id while it lives (the AI SDK's chat id, for its resume request).
+    """
+    reply.record.stream_id = stream_id = new_stream_id()
+    headers = {**reply_headers(reply), **(extra or {})}
     recorded = RecordedReply(reply, framer(reply), store, stream_id, grace)
     try:
-        recorded.start({**headers, "Content-Type": content_type})
+        recorded.start({**headers, "Content-Type": content_type}, name)
     except RecordsUnavailable:  # Redis away: the reply streams as it would unrecorded, without an id (the store logged it)
-        return reply_response(reply, framer, content_type)
+        reply.record.stream_id = ""
+        return reply_response(reply, framer, content_type, extra)
     # No call_on_close(reply.close) here: the body closes the reply, now or once its continuation ends.
     return StreamingResponse(stream_with_context(recorded.body()), content_type=content_type,
                              headers={**STREAM_HEADERS, **headers, "X-Stream-Id": stream_id})
@@ -108,9 +114,9 @@ class RecordedReply:
         self._appending = False  # a record write may wait on Redis: not where a restart may land
         self._drain_key: int | None = None
 
-    def start(self, headers: dict[str, str]) -> None:
+    def start(self, headers: dict[str, str], name: str = "") -> None:
         """Start the record (``RecordsUnavailable``: not recorded), and let a stop or a restart end the reply."""
-        self.store.start(self.stream_id, headers, self.stop)
+        self.store.start(self.stream_id, headers, self.stop, name)
         self._drain_key = DRAIN.register(self.restart)
 
     def body(self) -> Iterator[bytes]:

@@ -44,10 +44,12 @@ def reply_headers(reply: Reply) -> dict[str, str]:
     return headers
 
 
-def reply_response(reply: Reply, framer: Callable[[Reply], Iterator[bytes]], content_type: str) -> Response:
-    """Return the response streaming ``reply`` through ``framer``; closing it closes the reply."""
+def reply_response(reply: Reply, framer: Callable[[Reply], Iterator[bytes]], content_type: str,
+                   extra: dict[str, str] | None = None) -> Response:
+    """Return the response streaming ``reply`` through ``framer`` (with the wire format's ``extra`` headers);
+    closing it closes the reply."""
     response = StreamingResponse(stream_with_context(drainable(framer(reply), reply.record)), content_type=content_type,
-                                 headers={**STREAM_HEADERS, **reply_headers(reply)})
+                                 headers={**STREAM_HEADERS, **reply_headers(reply), **(extra or {})})
     response.call_on_close(reply.close)
     return response
 

@@ -15,7 +15,7 @@ SECURITY_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "
 PAGE_HEADERS = SECURITY_HEADERS + [("Content-Security-Policy", PAGE_CSP)]
 API_HEADERS = SECURITY_HEADERS + [("Content-Security-Policy", API_CSP)]
 EXPOSED_HEADERS = ("X-Terminal-Mode, X-Terminal-Reason, X-Terminal-Provider, X-Terminal-Model, X-Request-Id, "
-                   "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-Stream-Id")
+                   "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-Stream-Id, X-Terminal-Cache")
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -45,7 +45,7 @@ def init_app(app: Flask, settings: Settings) -> None:
             headers["Access-Control-Allow-Origin"] = origin
             headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
             if request.method == "OPTIONS":
-                headers["Access-Control-Allow-Methods"] = "POST"
+                headers["Access-Control-Allow-Methods"] = "GET, POST"
                 headers["Access-Control-Allow-Headers"] = "Content-Type"
                 headers["Access-Control-Max-Age"] = "600"
         headers.add("Vary", "Origin")

@@ -1,8 +1,11 @@
 """The chat API: ``POST /api/chat`` streams a reply as text/plain; ``/api/chat/streams/<id>`` reads it again or stops it.
 
-The page, the widget and the AI SDK's text transport speak it. Its parser is
-``domain.validation.parse_chat_request``, its framer ``framing.text``; replies
-are recorded (``X-Stream-Id``) while ``RESUME_TTL`` is on.
+The page, the widget and the AI SDK's ``TextStreamChatTransport`` speak it;
+``POST /api/chat/ui`` answers the same body as the AI SDK's UI message stream
+(``DefaultChatTransport``). Its parser is ``domain.validation.parse_chat_body``,
+its framers ``framing.text`` and ``framing.ui_stream``; replies are recorded
+(``X-Stream-Id``) while ``RESUME_TTL`` is on, under the SDK's chat id too, for
+its resume request (``GET <path>/<chatId>/stream``: 204 with no reply in progress).
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ import functools
 
 from flask import Blueprint, jsonify, request
 
-from ...domain.validation import InvalidRequest, parse_chat_request
+from ...domain.validation import CHAT_ID, InvalidRequest, parse_chat_body
 from ...shared.streams import BadOffset, RecordsUnavailable, StreamRecords, UnknownStream
 from ..errors import error_response
-from ..framing import text
+from ..framing import text, ui_stream
 from ..framing.recorded import replay_response
 from ..guards.chat_counts import counted_chat
 from ..guards.limits import client_id, limit_chat
@@ -51,16 +54,60 @@ def _reading_records(view):
     return reading
 
 
+#: How each chat path frames its reply, and the prefix of its records' names (a chat id is found per path).
+FRAMINGS = {"text": (text.plain_text, text.CONTENT_TYPE, None),
+            "ui": (ui_stream.ui_message_stream, ui_stream.CONTENT_TYPE, ui_stream.HEADERS)}
+
+
+def _answer(framing: str):
+    # No name keeps the body once it is parsed: while the first token is awaited, a stream holds the
+    # conversation once, not also as the JSON it came in (up to six bytes a character: "\u00e9").
+    chat = parse_chat_body(request_body_within(service().settings.client_timeout), request.content_type,
+                           chat_limits())
+    opened = open_reply(ChatRequest(chat.messages, client=client_id(), resumable=True))
+    framer, content_type, extra = FRAMINGS[framing]
+    return opened.stream(framer, content_type, extra, name=f"{framing}:{chat.chat_id}" if chat.chat_id else "")
+
+
 @bp.post("/api/chat")
 @counted_chat
 def chat():
-    """Stream the assistant's reply to the conversation in the request body."""
-    # No name keeps the body once it is parsed: while the first token is awaited, a stream holds the
-    # conversation once, not also as the JSON it came in (up to six bytes a character: "\u00e9").
-    messages = parse_chat_request(request_body_within(service().settings.client_timeout), request.content_type,
-                                  chat_limits())
-    opened = open_reply(ChatRequest(messages, client=client_id(), resumable=True))
-    return opened.stream(text.plain_text, text.CONTENT_TYPE)
+    """Stream the assistant's reply to the conversation in the request body, as text."""
+    return _answer("text")
+
+
+@bp.post("/api/chat/ui")
+@counted_chat
+def chat_ui():
+    """Stream the assistant's reply to the conversation in the request body, as the AI SDK's UI message stream."""
+    return _answer("ui")
+
+
+@bp.get("/api/chat/<chat_id>/stream")
+@limit_chat
+@_reading_records
+def resume_chat(chat_id: str):
+    """Stream the reply in progress of the AI SDK's chat ``chat_id`` from its start, as text; 204 if none."""
+    return _resume_chat("text", chat_id)
+
+
+@bp.get("/api/chat/ui/<chat_id>/stream")
+@limit_chat
+@_reading_records
+def resume_chat_ui(chat_id: str):
+    """Stream the reply in progress of the AI SDK's chat ``chat_id`` from its start, as its UI stream; 204 if none."""
+    return _resume_chat("ui", chat_id)
+
+
+def _resume_chat(framing: str, chat_id: str):
+    streams = service().streams
+    stream_id = streams.named(f"{framing}:{chat_id}") if streams is not None and CHAT_ID.fullmatch(chat_id) else None
+    try:
+        if stream_id is None or streams.info(stream_id).state != "streaming":
+            return "", 204
+        return replay_response(streams, stream_id, 0)
+    except UnknownStream:  # it expired a moment ago
+        return "", 204
 
 
 @bp.get("/api/chat/streams/<stream_id>")
