@@ -337,6 +337,23 @@ class Bench:
                                 f"{mode}{turn}_cpu_s": round(cpu, 2)})
         return figures
 
+    def ui_stream(self) -> dict:
+        """1,000 streams as the AI SDK's UI message stream and as text/plain, in turn twice: CPU per chunk."""
+        count = 200 if self.quick else 1000
+        env = dict(OPENAI_BASE_URL=f"http://{HOST}:{self.fake_port}/v1")
+
+        def via_ui(service, tag):
+            def make(n):
+                label = f"{tag}-{n}"
+                return label, build_request(HOST, service.port, "/api/chat/ui", message({"id": label}))
+            return make
+
+        figures = self.cpu_in_turn(count, {"text": (env, lambda service, tag: self.via_service(service, id=tag)),
+                                           "ui": (env, via_ui)})
+        figures["ui_vs_text"] = ratio(figures["ui1_cpu_s"] + figures["ui2_cpu_s"],
+                                      figures["text1_cpu_s"] + figures["text2_cpu_s"])
+        return figures
+
     def via_api(self, service: Proxy, key: str, **fake):
         def make(n):
             tag = f"{fake.get('id', 'v')}-{n}"
@@ -507,6 +524,8 @@ TARGETS = [
     ("metrics", "on_vs_off", "<=", 1.03, "1,000 streams, metrics on and scraped each second: CPU per chunk ≤ 1.03 × off"),
     ("routing", "routed_vs_single", "<=", 1.03, "1,000 streams through three weighted upstreams of two keys: CPU ≤ "
                                                 "1.03 × one upstream"),
+    ("ui_stream", "ui_vs_text", "<=", 1.15, "1,000 streams as the AI SDK's UI message stream: CPU per chunk ≤ 1.15 × "
+                                            "text/plain"),
     ("suggestions", "on_upstream_calls", "<=", 3, "1,000 visitors asking one of three questions, 200 at once, reply "
                                                   "cache on: 3 upstream calls"),
     ("suggestions", "on_completed", ">=", 1000, "suggestions, reply cache on: every visitor's reply complete"),
@@ -563,7 +582,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
-                                       "fallback,aborts,metrics,openai_api,markdown,tls,quiet_spell,routing,hedge,suggestions,cache_miss,gateways, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
+                                       "fallback,aborts,metrics,openai_api,markdown,tls,quiet_spell,routing,hedge,suggestions,cache_miss,ui_stream,gateways, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
     parser.add_argument("--abuse", action="store_true",
                         help="run the soak, abuse and two-instance scenarios (about 15 minutes, 20 with --before)")
     parser.add_argument("--gateways", action="store_true",
@@ -590,7 +609,8 @@ def main() -> None:
     scenarios = {"one_client": bench.one_client, "streams_200": lambda: bench.concurrent(200),
                  "streams_1000": lambda: bench.concurrent(1000, floor=True), "bursts": bench.bursts,
                  "fallback": bench.fallback, "aborts": bench.aborts, "metrics": bench.metrics,
-                 "openai_api": bench.openai_api, "markdown": markdown_render.run, "tls": bench.tls,
+                 "openai_api": bench.openai_api, "ui_stream": bench.ui_stream, "markdown": markdown_render.run,
+                 "tls": bench.tls,
                  "quiet_spell": bench.quiet_spell, "gateways": Gateways(bench).gateways,
                  "routing": Routing(bench).routing, "hedge": Routing(bench).hedge,
                  "suggestions": Suggestions(bench).suggestions, "cache_miss": Suggestions(bench).cache_miss,

@@ -65,17 +65,20 @@ def test_a_fallback_and_a_cut_short_reply_arrive_as_text_with_their_metadata_and
     assert cut["metadata"]["mode"] == "live" and cut["metadata"]["ended"] == "cut_short"
 
 
-def test_reconnect_after_a_hang_up_gets_the_whole_reply_through_the_other_instance(pair, fake):
+@pytest.mark.parametrize("transport, path", [("default", "/api/chat/ui"), ("text", "/api/chat")])
+def test_reconnect_after_a_hang_up_gets_the_whole_reply_through_the_other_instance(pair, fake, transport, path):
     a, b = pair
-    resumed = node("hangup", api=f"{a.url}/api/chat/ui", otherApi=f"{b.url}/api/chat/ui", chatId="sdk-reload",
-                   text=question(text=TEXT * 4, token_chars=2, interval_ms=40, id="sdk-reload"), afterDeltas=3)
+    chat_id = f"sdk-reload-{transport}"
+    resumed = node("hangup", api=f"{a.url}{path}", otherApi=f"{b.url}{path}", transport=transport, chatId=chat_id,
+                   text=question(text=TEXT * 4, token_chars=2, interval_ms=40, id=chat_id), afterDeltas=3)
     assert resumed["partial"] and TEXT.startswith(resumed["partial"])
     assert resumed["resumed"]["text"] == TEXT * 4  # replayed from its start, once
-    assert resumed["resumed"]["metadata"]["ended"] == "complete"
-    assert [r.id for r in fake.records].count("sdk-reload") == 1
+    if transport == "default":
+        assert resumed["resumed"]["metadata"]["ended"] == "complete"
+    assert [r.id for r in fake.records].count(chat_id) == 1
     # Nothing in progress any more: the SDK's reconnect gets its 204, as null.
-    assert node("reconnect", api=f"{b.url}/api/chat/ui", chatId="sdk-reload") == {"resumed": None}
-    assert node("reconnect", api=f"{b.url}/api/chat/ui", chatId="never-seen") == {"resumed": None}
+    assert node("reconnect", api=f"{b.url}{path}", chatId=chat_id) == {"resumed": None}
+    assert node("reconnect", api=f"{b.url}{path}", chatId="never-seen") == {"resumed": None}
 
 
 def test_regenerate_answers_the_conversation_before_the_message_again(pair, fake):

@@ -44,6 +44,8 @@ def test_quick_benchmark_runs_every_scenario_and_writes_its_report(tmp_path):
     misses = figures["cache_miss"]  # every distinct question a miss, and still a live reply
     assert all(misses[f"{mode}{turn}_live"] == misses["streams"] for mode in ("redis_on", "memory_on")
                for turn in (1, 2))
+    ui = figures["ui_stream"]  # the AI SDK's stream and text/plain: every stream live in both
+    assert ui["ui1_live"] == ui["text1_live"] == ui["streams"] == ui["ui2_completed"]
     tls = figures["tls"]  # every stream live from the HTTPS upstream too, none failed over
     assert (tls["tls_live"], tls["plain_live"]) == (tls["streams"], tls["streams"])
     aborts = figures["aborts"]

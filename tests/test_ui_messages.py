@@ -177,3 +177,21 @@ def test_resume_by_chat_id_is_204_with_no_reply_in_progress():
         assert response.status_code == 204
     with client.post("/api/chat/ui", json=body(ui("user", text("hi")), id="no spaces")) as response:
         assert response.status_code == 400 and response.json["error"]["code"] == "invalid_chat_id"
+
+
+def test_an_app_on_another_listed_origin_can_post_preflight_and_resume():
+    client = ui_client(FakeProvider(model="fake-1"), CORS_ORIGINS="https://app.example.com")
+    site = {"Origin": "https://app.example.com"}
+    preflight = client.options("/api/chat/ui", headers={**site, "Access-Control-Request-Method": "POST",
+                                                        "Access-Control-Request-Headers": "content-type"})
+    assert preflight.status_code == 200 and preflight.headers["Access-Control-Allow-Origin"] == site["Origin"]
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert preflight.headers["Access-Control-Allow-Headers"].lower() == "content-type"
+    with client.post("/api/chat/ui", json=body(ui("user", text("hi")), id="cors-1"), headers=site) as response:
+        response.get_data()
+        assert response.headers["Access-Control-Allow-Origin"] == site["Origin"]
+        assert "X-Stream-Id" in response.headers["Access-Control-Expose-Headers"]
+    resume = client.get("/api/chat/ui/cors-1/stream", headers=site)
+    assert resume.status_code == 204 and resume.headers["Access-Control-Allow-Origin"] == site["Origin"]
+    elsewhere = client.get("/api/chat/ui/cors-1/stream", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in elsewhere.headers

@@ -1,8 +1,8 @@
 // The Vercel AI SDK's own transports (the `ai` package, pinned in package.json) talking to the service.
 // Run by tests/test_ai_sdk.py: `node ai_sdk.mjs SCENARIO JSON-ARGUMENTS`; prints one JSON object.
 //   send       {api, transport: "default"|"text", chatId, text}: one message; the final UI message
-//   hangup     {api, otherApi, chatId, text, afterDeltas}: hang up after some deltas, then reconnectToStream
-//              through the other instance; the resumed message
+//   hangup     {api, otherApi, transport, chatId, text, afterDeltas}: hang up after some deltas, then
+//              reconnectToStream through the other instance; the resumed message
 //   reconnect  {api, chatId}: reconnectToStream with nothing in progress (null expected)
 //   regenerate {api, chatId, messages, messageId}: trigger regenerate-message
 import { DefaultChatTransport, TextStreamChatTransport, readUIMessageStream } from "ai";
@@ -42,7 +42,7 @@ async function send() {
 
 async function hangup() {
   const controller = new AbortController();
-  const stream = await transport("default", args.api).sendMessages({
+  const stream = await transport(args.transport, args.api).sendMessages({
     chatId: args.chatId, messages: [userMessage("u1", args.text)], trigger: "submit-message",
     messageId: undefined, abortSignal: controller.signal,
   });
@@ -59,12 +59,12 @@ async function hangup() {
   }
   controller.abort(); // the page reloads mid-reply
   await reader.cancel().catch(() => {});
-  const resumed = await transport("default", args.otherApi).reconnectToStream({ chatId: args.chatId });
+  const resumed = await transport(args.transport, args.otherApi).reconnectToStream({ chatId: args.chatId });
   return { partial, resumed: resumed === null ? null : await lastMessage(resumed) };
 }
 
 async function reconnect() {
-  const resumed = await transport("default", args.api).reconnectToStream({ chatId: args.chatId });
+  const resumed = await transport(args.transport || "default", args.api).reconnectToStream({ chatId: args.chatId });
   return { resumed: resumed === null ? null : await lastMessage(resumed) };
 }
 
