@@ -87,9 +87,11 @@ def test_regenerate_answers_the_conversation_before_the_message_again(pair, fake
     def message(id: str, role: str, text: str) -> dict:
         return {"id": id, "role": role, "parts": [{"type": "text", "text": text}]}
 
-    conversation = [message("u1", "user", "one two"), message("a1", "assistant", "three"),
-                    message("u2", "user", question(id="sdk-regen")), message("a2", "assistant", "an answer to redo")]
-    again = node("regenerate", api=f"{a.url}/api/chat/ui", chatId="sdk-regen", messages=conversation, messageId="a2")
-    assert again["text"] and again["metadata"]["mode"] == "live"
-    sent = fake.find("sdk-regen")
-    assert sent.prompt_tokens == len(" ".join(["one two", "three", question(id="sdk-regen")]).split())
+    for tag, cut in (("sdk-regen", False), ("sdk-regen-cut", True)):
+        conversation = [message("u1", "user", "one two"), message("a1", "assistant", "three"),
+                        message("u2", "user", question(id=tag)), message("a2", "assistant", "an answer to redo")]
+        # The SDK's own regenerate() sends the conversation already cut before the message it names.
+        sent = conversation[:3] if cut else conversation
+        again = node("regenerate", api=f"{a.url}/api/chat/ui", chatId=tag, messages=sent, messageId="a2")
+        assert again["text"] and again["metadata"]["mode"] == "live"
+        assert fake.find(tag).prompt_tokens == len(" ".join(["one two", "three", question(id=tag)]).split())

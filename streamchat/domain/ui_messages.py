@@ -12,7 +12,10 @@ of part becomes:
   honour them, a 400 ``unsupported_part`` naming the part.
 
 ``trigger: "regenerate-message"`` answers the conversation before the assistant
-message ``messageId`` names (the last assistant message when none is named) again.
+message ``messageId`` names again. The SDK's ``regenerate()`` sends the conversation
+already cut before that message, so a ``messageId`` not among the messages means
+"as sent"; with none, a conversation ending with an assistant message is answered
+without it.
 
 ``messages_of_ui_body()`` returns plain ``{role, content}`` messages, which
 ``validation.parse_chat_request`` checks like any others (limits, roles, the last
@@ -58,14 +61,13 @@ def messages_of_ui_body(payload: dict[str, Any]) -> list[Any]:
 
 def _before_regenerated(messages: list[Any], message_id: Any) -> list[Any]:
     """The messages before the assistant message to answer again."""
-    positions = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"
-                 and (message_id is None or m.get("id") == message_id)]
-    if message_id is not None and not positions:
-        raise InvalidRequest(400, "unknown_message_id",
-                             f"messageId {message_id!r} names no assistant message of the conversation.")
-    if not positions:  # nothing answered yet: answer the conversation as it is
-        return messages
-    return messages[:positions[-1] if message_id is None else positions[0]]
+    def assistant(message: Any) -> bool:
+        return isinstance(message, dict) and message.get("role") == "assistant"
+
+    if message_id is not None:
+        named = [i for i, m in enumerate(messages) if assistant(m) and m.get("id") == message_id]
+        return messages[:named[0]] if named else messages  # not there: the SDK cut the conversation already
+    return messages[:-1] if messages and assistant(messages[-1]) else messages
 
 
 def _plain(index: int, message: Any) -> dict[str, Any] | None:
