@@ -216,7 +216,8 @@ def test_cors_is_closed_by_default_and_opens_to_configured_origins(log_dir):
         assert "X-Terminal-Mode" in headers["Access-Control-Expose-Headers"]
         status, preflight, _ = request(server.url, "OPTIONS", "/api/chat", headers={
             **origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
-        assert status == 200 and preflight["Access-Control-Allow-Methods"] == "POST"
+        # GET too: the AI SDK's resume request (GET /api/chat/<chatId>/stream) comes from the same sites.
+        assert status == 200 and preflight["Access-Control-Allow-Methods"] == "GET, POST"
         assert "Access-Control-Allow-Origin" not in chat(server, {"Origin": "https://evil.example"})[1]
 
 
