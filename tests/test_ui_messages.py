@@ -196,3 +196,11 @@ def test_an_app_on_another_listed_origin_can_post_preflight_and_resume():
     assert resume.status_code == 204 and resume.headers["Access-Control-Allow-Origin"] == site["Origin"]
     elsewhere = client.get("/api/chat/ui/cors-1/stream", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in elsewhere.headers
+
+
+def test_a_silent_model_gets_comments_not_chunks():
+    provider = FakeProvider(model="fake-1").enqueue("a", "", "b")  # "": the upstream's silence, as providers say it
+    with ui_client(provider).post("/api/chat/ui", json=body(ui("user", text("hi")))) as response:
+        data = response.get_data()
+    assert b"\n\n: keep-alive\n\n" in data
+    assert "".join(e["delta"] for e in events(data) if isinstance(e, dict) and e["type"] == "text-delta") == "ab"
