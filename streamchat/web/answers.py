@@ -129,12 +129,12 @@ class AnswerTap:
         self._append = cache.answers.append
 
     def start(self, record: ReplyRecord) -> bool:
-        """Start the answer, as the reply's provider and model; False when it cannot be recorded now."""
+        """Start the answer, as the reply's provider and model; False when it cannot be recorded now (the caller
+        then gives up the claim)."""
         try:
             self.cache.answers.start(self.answer_id, {"provider": record.provider, "model": record.model},
                                      lambda: None)
         except RecordsUnavailable:
-            self.cache.release(self.key, self.answer_id)
             return False
         self.cache.claim_resolved(self.answer_id)
         return True

@@ -42,6 +42,7 @@ from ..domain.record import ReplyRecord
 from ..domain.relay import Reply
 from ..domain.validation import Limits
 from ..server.disconnect import watch_client
+from ..shared.reply_cache import HIT, JOINED, MISS, Found
 from ..shared.streams import StreamRecords
 from .answers import AnswerTap, answered_reply, find_answer, new_claim_id, question_key
 from .framing.recorded import recorded_response
@@ -89,22 +90,16 @@ def open_reply(asked: ChatRequest) -> OpenedReply:
     key = None if asked.rules_requested else question_key(
         svc.cache, svc.relay, settings, messages=messages, options=asked.options, model=asked.model,
         scope=f"{asked.api}:{asked.service_key or ''}", upstreams=svc.upstreams_fingerprint)
-    claim_id, look = new_claim_id(), None
-    if key is not None and _look_rides_on_count(svc):
-        look = svc.cache.look_call(key, claim_id, fresh=asked.fresh, pending_for=_longest_first_text(svc))
-    count = count_chat_now(look)  # /api/chat: its rate limits and budgets (a 429 past a limit), and the look
-    if key is not None:
-        record.cache = "miss"
-        looked = svc.cache.found(count.looked, claim_id) if count is not None and count.looked is not None else None
-        found = find_answer(svc.cache, key, claim_id, fresh=asked.fresh, pending_for=_longest_first_text(svc),
-                            found=looked)
-        if found.kind in ("hit", "joined"):
+    found = _count_and_find(svc, asked, key)
+    if found is not None:
+        record.cache = MISS
+        if found.kind in (HIT, JOINED):
             reply = answered_reply(svc.cache, found, record, svc.relay)
             if reply is not None:  # its live budget, counted with the rate limits, goes back (counted_chat)
                 g.reply_record = record
-                return OpenedReply(reply, records, grace, at_once=found.kind == "hit")
-            record.cache = "miss"  # the answer it joined broke before its first piece: this one asks on its own
-        elif found.kind == "miss":
+                return OpenedReply(reply, records, grace, at_once=found.kind == HIT)
+            record.cache = MISS  # the answer it joined broke before its first piece: this one asks on its own
+        elif found.kind == MISS:
             tap = AnswerTap(svc.cache, key, found.answer_id)
     live_denied = RULES_REQUESTED if asked.rules_requested else svc.budget.live_denied(asked.client)
     live_possible = live_denied is None and bool(svc.relay.chain)
@@ -123,15 +118,29 @@ def open_reply(asked: ChatRequest) -> OpenedReply:
         if tap is not None:
             svc.cache.release(tap.key, tap.answer_id)
         raise
-    if tap is not None:
-        if record.mode == "live" and tap.start(record):
-            reply.tap = tap
-            if watch is not None:  # others may follow this reply: its client leaving must not end it at once
-                watch.stop()
-        else:  # the rules answered: whoever waits for this answer asks on their own
-            svc.cache.release(tap.key, tap.answer_id)
+    if tap is not None and record.mode == "live" and tap.start(record):
+        reply.tap = tap
+        if watch is not None:  # others may follow this reply: its client leaving must not end it at once
+            watch.stop()
+    elif tap is not None:  # the rules answered (or Redis went away): whoever waits for it asks on their own
+        svc.cache.release(tap.key, tap.answer_id)
     g.reply_record = record  # the access log leaves this request to log_reply, when the reply closes
     return OpenedReply(reply, records, grace)
+
+
+def _count_and_find(svc, asked: ChatRequest, key: str | None) -> Found | None:
+    """Count the request (on ``/api/chat``; a 429 past a limit), then find its question's answer, or claim
+    the question: None for a question the cache does not keep. The first look rides on the count's call
+    where it can."""
+    if key is None:
+        count_chat_now()
+        return None
+    claim_id, pending_for = new_claim_id(), _longest_first_text(svc)
+    look = svc.cache.look_call(key, claim_id, fresh=asked.fresh, pending_for=pending_for) \
+        if _look_rides_on_count(svc) else None
+    count = count_chat_now(look)
+    looked = svc.cache.found(count.looked, claim_id) if count is not None and count.looked is not None else None
+    return find_answer(svc.cache, key, claim_id, fresh=asked.fresh, pending_for=pending_for, found=looked)
 
 
 def _in_one_write(framer: Callable[[Reply], Iterator[bytes]]) -> Callable[[Reply], Iterator[bytes]]:
