@@ -7,7 +7,6 @@ others' replies whole.
 
 import http.client
 import json
-import threading
 
 import pytest
 
