@@ -12,6 +12,7 @@ from flask import Flask
 from flask.sessions import NullSession, SessionInterface
 
 from streamchat.config import SETTINGS, load_settings, no_provider_hint
+from streamchat.domain import insights
 from streamchat.domain.breaker import CircuitBreaker
 from streamchat.domain.cache_key import upstreams_fingerprint
 from streamchat.domain.providers import HTTPProvider, Provider, build_chain
@@ -22,6 +23,7 @@ from streamchat.server.disconnect import interrupter
 from streamchat.server.drain import DRAIN
 from streamchat.shared import redis as shared_redis
 from streamchat.shared.breaker import SharedBreaker
+from streamchat.shared.insights_store import FileInsights, InsightsStore, RedisInsights
 from streamchat.shared.memory_streams import MemoryStreams
 from streamchat.shared.reply_cache import MemoryReplyCache, RedisReplyCache, ReplyCache
 from streamchat.shared.redis_streams import RedisStreams
@@ -33,7 +35,7 @@ from streamchat.web.guards import budgets, chat_counts, headers, limits
 from streamchat.web.operations import access, health
 from streamchat.web.operations.metrics import Metrics, process_metrics
 from streamchat.web.service import EXTENSION, Service
-from streamchat.web.surfaces import chat, openai, page, widget
+from streamchat.web.surfaces import admin, chat, openai, page, widget
 
 log = logging.getLogger("streamchat")
 
@@ -74,15 +76,20 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
         tokens = TokenBudgets(settings.llm_token_budget_per_client, settings.llm_token_budget_global, shared)
         relay.listeners.append(budgets.token_settler(tokens))
     cache = _reply_cache(settings, shared)
+    kept = _insights_store(settings, shared)
+    if kept is not None:
+        relay.listeners.append(insights.keeper(kept.add))
     app.extensions[EXTENSION] = Service(settings=settings, relay=relay, budget=budgets.LiveBudget(settings),
-                                        streams=streams, metrics=metrics, tokens=tokens, cache=cache,
+                                        streams=streams, metrics=metrics, tokens=tokens, cache=cache, insights=kept,
                                         upstreams_fingerprint=upstreams_fingerprint(relay.chain))
-    for records in (streams, cache and cache.answers):
+    for records in (streams, cache and cache.answers, kept):
         if records is not None:
             DRAIN.exit_hooks.append(records.flush)  # the records' last writes, before the worker exits
     log.info("providers: %s", ", ".join(f"{p.name}({p.model})" for p in relay.chain) or no_provider_hint())
+    log.info("insights: %s", f"kept {settings.insights_retention_days} days in {kept.where}" if kept else
+             "off (INSIGHTS_RETENTION_DAYS=0): no question is stored")
 
-    for surface in (page, chat, openai, widget, health):
+    for surface in (page, chat, openai, widget, health, admin):
         app.register_blueprint(surface.bp)
     access.init_app(app)  # before the limiter's hooks: a request's clock starts first
     headers.init_app(app, settings)
@@ -150,6 +157,15 @@ def _reply_cache(settings, shared) -> ReplyCache | None:
         return MemoryReplyCache(settings.reply_cache_ttl)
     return RedisReplyCache(shared, settings.reply_cache_ttl, timeout=settings.redis_timeout,
                            longest_reply=settings.llm_max_duration + settings.resume_grace)
+
+
+def _insights_store(settings, shared) -> InsightsStore | None:
+    """Where each reply's insights entry is kept: Redis when ``REDIS_URL`` is set, else a local file (or nowhere)."""
+    if not settings.insights_retention_days:
+        return None
+    if shared is None:
+        return FileInsights(settings.insights_path, settings.insights_retention_days, settings.insights_max_entries)
+    return RedisInsights(shared, settings.redis_url, settings.insights_retention_days, settings.insights_max_entries)
 
 
 def _log_rules_reload(store: RulesStore, metrics: Metrics | None) -> None:

@@ -27,6 +27,8 @@
   const template = $("message-template");
   // The server's CHAT_MAX_MESSAGES and CHAT_MAX_CHARS, given to the page.
   const limits = { messages: Number(form.dataset.maxMessages) || 50, chars: Number(form.dataset.maxChars) || 32000 };
+  // Thumbs up / down under each finished reply, while the site keeps insights (INSIGHTS_RETENTION_DAYS).
+  const ratings = form.dataset.ratings === "on";
 
   let thread = loadThread(); // [{role, content, meta}]
   let controller = null; // the AbortController of the reply in progress
@@ -86,12 +88,43 @@
     tag.title = meta.mode === "fallback" ? `Prepared answer (${meta.reason || "no model"})` : (meta.model || "");
   }
 
+  // A finished reply with a stream id can be rated, once, and the rating changed; it is kept in the thread.
+  function renderRating(view, message) {
+    const box = view.querySelector(".rating");
+    const meta = message.meta || {};
+    box.hidden = !(ratings && message.role === "assistant" && meta.ratingId && !meta.streaming);
+    box.querySelectorAll(".rate").forEach((button) => {
+      button.setAttribute("aria-pressed", String(meta.rating === button.dataset.rating));
+      button.onclick = () => rate(message, view, button.dataset.rating);
+    });
+  }
+
+  async function rate(message, view, rating) {
+    const meta = message.meta;
+    if (meta.rating === rating) return;
+    try {
+      const response = await fetch(`${base}/api/chat/streams/${encodeURIComponent(meta.ratingId)}/feedback`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ rating }),
+      });
+      if (!response.ok) throw new Error(await errorMessage(response));
+      meta.rating = rating;
+      saveThread();
+      renderRating(view, message);
+      setStatus("Thanks for your feedback.");
+    } catch (error) {
+      setStatus(`Your rating was not saved: ${error.message || "the server could not be reached."}`);
+    }
+  }
+
   function addView(message) {
     const view = template.content.firstElementChild.cloneNode(true);
     view.classList.add(message.role);
     view.querySelector(".who").textContent = message.role === "user" ? "You" : "Assistant";
     renderContent(view.querySelector(".content"), message.content, message.role);
     renderTag(view, message);
+    renderRating(view, message);
     emptyEl.hidden = true;
     threadEl.append(view);
     return view;
@@ -313,12 +346,14 @@
         throw error;
       }
     } finally {
+      if (meta.streamId && reply.content) meta.ratingId = meta.streamId; // what its rating names
       delete meta.streaming;
       delete meta.bytes;
       delete meta.streamId;
       view.classList.remove("streaming");
       renderContent(content, reply.content);
       renderTag(view, reply);
+      renderRating(view, reply);
       scrollToEnd(false);
     }
   }

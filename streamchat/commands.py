@@ -3,6 +3,8 @@
     ./run check-rules [FILE]        (python -m streamchat.commands check-rules [FILE])
     ./run check-upstreams [FILE]    (python -m streamchat.commands check-upstreams [FILE])
     ./run cache clear               (python -m streamchat.commands cache clear)
+    ./run insights [--days N]       (python -m streamchat.commands insights [--days N])
+    ./run insights --delete-all
 
 ``check-rules`` checks a rules file before it is deployed. Only that file is
 read: no other setting is looked at (a bad one elsewhere is not this
@@ -17,6 +19,12 @@ and exits 1 then.
 
 ``cache clear`` empties the reply cache: in ``REDIS_URL`` when it is set (every
 instance's), else every worker's memory on this machine (within a second).
+
+``insights`` prints the summary the owner's page shows (``/admin``) for the
+last ``N`` days (default 7): replies by mode, ratings, the most asked and the
+unanswered questions, and the rules to paste into the rules file, as YAML.
+``--delete-all`` deletes every entry and rating, wherever they are kept
+(``REDIS_URL``, else ``INSIGHTS_PATH``), even with insights turned off.
 """
 
 from __future__ import annotations
@@ -109,7 +117,75 @@ def cache(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"check-rules": check_rules, "check-upstreams": check_upstreams, "cache": cache}
+INSIGHTS_SETTINGS = ["REDIS_URL", "REDIS_TIMEOUT", "INSIGHTS_RETENTION_DAYS", "INSIGHTS_PATH", "INSIGHTS_MAX_ENTRIES",
+                     "RULES_PATH", "LLM_TOKEN_BUDGET_GLOBAL"]
+
+
+def insights(argv: list[str]) -> int:
+    """Print the insights of the last days (``--days N``), or delete them all (``--delete-all``)."""
+    from .domain import insights as summary_of
+    from .domain.rules import RulesError, load_rules
+
+    days = 7
+    if argv == ["--delete-all"]:
+        days = 0
+    elif argv[:1] == ["--days"] and len(argv) == 2 and argv[1].isascii() and argv[1].isdigit() and int(argv[1]) >= 1:
+        days = int(argv[1])
+    elif argv:
+        print(USAGE, file=sys.stderr)
+        return 2
+    read_env_file()
+    try:
+        settings = parse_settings(INSIGHTS_SETTINGS)
+    except ConfigError as exc:
+        print(f"streamchat: configuration error: {exc}", file=sys.stderr)
+        return 2
+    store = _insights_store(settings)
+    if days == 0:
+        try:
+            count = store.delete_all()
+        except (*_store_errors(), OSError) as exc:
+            print(f"streamchat: cannot reach the insights store ({store.where}): {exc}", file=sys.stderr)
+            return 1
+        print(f"insights deleted: {count} entr{'ies' if count != 1 else 'y'} and ratings, from {store.where}")
+        return 0
+    if not settings.insights_retention_days:
+        print("insights are off (INSIGHTS_RETENTION_DAYS=0): nothing is stored; set it, e.g. to 30, to keep them")
+        return 0
+    try:
+        events = store.events(summary_of.period_start(days))
+    except (*_store_errors(), OSError) as exc:
+        print(f"streamchat: cannot read the insights ({store.where}): {exc}", file=sys.stderr)
+        return 1
+    try:
+        rules = load_rules(settings.rules_path)
+    except RulesError as exc:
+        print(f"note: the rules file cannot be read ({exc}); rules are left out", file=sys.stderr)
+        rules = None
+    budget = summary_of.budget_per_day(settings.llm_token_budget_global)
+    summary = summary_of.summarize(summary_of.rated(events), rules, days, token_budget_per_day=budget)
+    print(summary_of.as_text(summary, store.where))
+    return 0
+
+
+def _insights_store(settings):
+    from .shared import redis as shared_redis
+    from .shared.insights_store import FileInsights, RedisInsights
+
+    days, most = settings.insights_retention_days or 1, settings.insights_max_entries
+    if settings.redis_url:
+        client = shared_redis.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
+        return RedisInsights(client, settings.redis_url, days, most)
+    return FileInsights(settings.insights_path, days, most)
+
+
+def _store_errors() -> tuple:
+    from .shared.redis import ERRORS
+
+    return ERRORS
+
+
+COMMANDS = {"check-rules": check_rules, "check-upstreams": check_upstreams, "cache": cache, "insights": insights}
 
 
 def main(argv: list[str]) -> int:

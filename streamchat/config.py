@@ -93,6 +93,12 @@ def _non_negative_int(raw: str) -> int:
     return value
 
 
+def _admin_token(raw: str) -> str:
+    if raw and len(_api_key(raw)) < 16:
+        raise ValueError("must be at least 16 characters: it is all that guards the visitors' questions")
+    return raw
+
+
 def _temperature(raw: str) -> float | None:
     if raw == "":
         return None
@@ -354,6 +360,21 @@ class Settings:
         _suggestions, "", "Up to 6 suggested first questions, separated by `|`, shown as buttons before the first "
         "message.", example="What are your opening hours?|How do I return an item?")
     log_user_text: bool = _setting(_flag, "false", "Log the user's last message (debugging only).")
+    insights_retention_days: int = _setting(
+        _non_negative_int, "0", "Days each reply's insights entry is kept for the owner's page (`/admin`) and "
+        "`./run insights`: when, which API, mode and reason, upstream, rule, the visitor's latest question with "
+        "e-mail addresses, phone numbers, long digit runs and credentials masked, length, tokens, time to first "
+        "byte, how it ended, the visitor's rating. In `REDIS_URL` when set, else in `INSIGHTS_PATH`. `0`: nothing "
+        "is stored and the rating buttons are not shown.", example="30")
+    insights_path: str = _setting(
+        _text, "insights.jsonl", "Without `REDIS_URL`: the file insights are kept in (one JSON line per entry; "
+        "every worker of this machine appends to it, and it survives a restart).")
+    insights_max_entries: int = _setting(
+        _positive_int, "50000", "Most insights entries kept (about 0.5 KB each); the oldest go first.")
+    admin_token: str = _setting(
+        _admin_token, "", "Turns on the owner's page at `/admin` (insights, unanswered questions, rules to add), "
+        "signed in with this token (at least 16 characters); unset: `/admin` answers 404.", secret=True,
+        example="a-long-random-string")
     log_format: str = _setting(
         _one_of("text", "json"), "text",
         "`text`: one readable `key=value` line per request; `json`: one JSON object per line, same fields.")

@@ -11,5 +11,7 @@ answered, what it cost, how it ended), ``breaker`` (the circuit breaker),
 ``rules`` (the keyword responder and its file checks), ``validation`` (a chat
 request's body to messages), ``ui_messages`` (the AI SDK's body of UI messages), ``usage`` (token counts, estimates and
 reservations), ``cache_key`` (which questions the reply cache takes for the
-same one) and ``sse`` (a pure Server-Sent Events decoder).
+same one), ``insights`` (each reply as the owner's entry, its question masked, and the
+summary of a period: unanswered questions grouped, with a rule to add) and ``sse`` (a pure
+Server-Sent Events decoder).
 """

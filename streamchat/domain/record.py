@@ -70,6 +70,7 @@ class ReplyRecord:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (provider, reason), in chain order
     hedge: str = ""  # the upstream started beside a slow one (LLM_HEDGE_AFTER), if any
     hedge_won: bool = False  # whether that hedge wrote first and answered
+    question: str | None = None  # with INSIGHTS_RETENTION_DAYS: the visitor's latest message, for its insights entry
     cache: str = ""  # a question the reply cache keeps: hit, joined (an identical one in flight) or miss
     stream_id: str = ""  # its record's id (X-Stream-Id), once it is recorded
     caller: Caller | None = None  # None for a reply no web request asked for

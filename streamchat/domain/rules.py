@@ -102,6 +102,11 @@ class Rules:
 
     def reply(self, messages: list[dict[str, str]]) -> tuple[str, str]:
         """Return ``(rule name, reply)`` for a conversation whose last message is the user's."""
+        chosen = self.match(messages)
+        return chosen.name, chosen.next_reply()
+
+    def match(self, messages: list[dict[str, str]]) -> Rule:
+        """Return the rule that answers a conversation (``default`` when none matches), using none of its replies."""
         user_turns = [m["content"] for m in messages if m["role"] == "user"]
         latest = user_turns[-1] if user_turns else ""
         everything = "\n".join(user_turns)
@@ -115,7 +120,7 @@ class Rules:
                 score = rule.score(everything_normalized, everything)
             if score and (best is None or (rule.priority, score, -rule.order) > best):
                 best, chosen = (rule.priority, score, -rule.order), rule
-        return chosen.name, chosen.next_reply()
+        return chosen
 
 
 def parse_rules(text: str, path: str = "rules.yaml") -> Rules:

@@ -112,6 +112,15 @@ def parse_chat_body(body: bytes, content_type: str | None, limits: Limits) -> Ch
     return ChatBody(clean, chat_id)
 
 
+def parse_rating(body: bytes, content_type: str | None) -> str:
+    """Return a reply's rating from ``{"rating": "up"|"down"}``, or raise InvalidRequest."""
+    payload = json_body(body, content_type)
+    rating = payload.get("rating") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or set(payload) != {"rating"} or rating not in ("up", "down"):
+        raise InvalidRequest(400, "invalid_rating", 'The body must be {"rating": "up"} or {"rating": "down"}.')
+    return rating
+
+
 def sent_chars(messages: list[dict[str, str]]) -> int:
     """Return the characters the conversation may take upstream: its messages, and the separators that
     join consecutive messages of one role."""

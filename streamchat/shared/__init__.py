@@ -8,8 +8,9 @@ channel, so skipping a provider costs no round trip), ``token_budget`` (token
 reservations and their settlement, in Redis or in memory), ``streams`` (the
 one interface of stream records), ``memory_streams`` (records in one
 process's memory), ``redis_streams`` (in Redis, written in batches by one
-flusher per process) and ``reply_cache`` (answers kept as stream records and
-found by their question's key, in Redis or in memory).
+flusher per process), ``reply_cache`` (answers kept as stream records and
+found by their question's key, in Redis or in memory) and ``insights_store``
+(each reply's insights entry and its rating, in Redis or in a local file).
 
 It imports the domain and nothing of the web layer; the web layer and
 ``app.py`` import it.

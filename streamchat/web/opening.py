@@ -84,6 +84,8 @@ def open_reply(asked: ChatRequest) -> OpenedReply:
     messages = asked.messages
     record = ReplyRecord(started=request_started(),
                          caller=caller(asked.service_key, messages[-1]["content"] if settings.log_user_text else None))
+    if settings.insights_retention_days:
+        record.question = messages[-1]["content"]
     records = svc.streams if asked.resumable else None
     grace = settings.resume_grace if records is not None else 0
     tap = None

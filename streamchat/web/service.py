@@ -9,6 +9,7 @@ from flask import current_app
 
 from ..config import Settings
 from ..domain.relay import Relay
+from ..shared.insights_store import InsightsStore
 from ..shared.reply_cache import ReplyCache
 from ..shared.streams import StreamRecords
 from ..shared.token_budget import TokenBudgets
@@ -31,8 +32,10 @@ class Service:
     metrics: Metrics | None = None  # None unless METRICS_TOKEN is set
     tokens: TokenBudgets | None = None  # None unless a token budget is set
     cache: ReplyCache | None = None  # the reply cache; None with REPLY_CACHE_TTL=0
+    insights: InsightsStore | None = None  # where each reply's insights entry goes; None with INSIGHTS_RETENTION_DAYS=0
     upstreams_fingerprint: str = ""  # the configured upstreams' names, models and prompts: part of a cache key
     widget_bundle: str | None = None  # /widget.js, built on its first request
+    sign_ins: object | None = None  # /admin's failed sign-ins (guards.admin_session.SignInAttempts), on first use
 
 
 def service() -> Service:

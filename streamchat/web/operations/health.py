@@ -37,6 +37,13 @@ def cache_health(svc: Service) -> dict:
     return health
 
 
+def insights_health(svc: Service) -> dict:
+    """Report whether each reply's insights entry is kept, where, and for how long."""
+    if svc.insights is None:
+        return {"store": "none: INSIGHTS_RETENTION_DAYS=0, no question is stored"}
+    return svc.insights.health()
+
+
 def shared_health(svc: Service) -> dict:
     """Report what this worker shares with the others (``REDIS_URL``), and whether it can now."""
     url = svc.settings.redis_url
@@ -76,9 +83,10 @@ def healthz():
     svc = service()
     body = {"status": "ok", **svc.relay.health(), "rate_limit": storage_health(),
             "token_budget": svc.tokens.health() if svc.tokens else {"budget": "none"},
-            "shared": shared_health(svc), "resume": resume_health(svc), "reply_cache": cache_health(svc)}
+            "shared": shared_health(svc), "resume": resume_health(svc), "reply_cache": cache_health(svc),
+            "insights": insights_health(svc)}
     if (body["rules"]["error"] or not body["rate_limit"]["healthy"] or not body["shared"]["healthy"]
             or not body["resume"].get("healthy", True) or not body["token_budget"].get("healthy", True)
-            or not body["reply_cache"].get("healthy", True)):
+            or not body["reply_cache"].get("healthy", True) or not body["insights"].get("healthy", True)):
         body["status"] = "degraded"
     return jsonify(body)

@@ -11,10 +11,13 @@ its resume request (``GET <path>/<chatId>/stream``: 204 with no reply in progres
 from __future__ import annotations
 
 import functools
+import re
 
 from flask import Blueprint, jsonify, request
 
-from ...domain.validation import CHAT_ID, InvalidRequest, parse_chat_body
+from ...domain.insights import rating_of
+from ...domain.validation import CHAT_ID, InvalidRequest, parse_chat_body, parse_rating
+from ...shared.redis import ERRORS as REDIS_ERRORS
 from ...shared.streams import BadOffset, RecordsUnavailable, StreamRecords, UnknownStream
 from ..errors import error_response
 from ..framing import text, ui_stream
@@ -26,6 +29,7 @@ from ..opening import ChatRequest, chat_limits, open_reply
 from ..service import service
 
 bp = Blueprint("chat", __name__)
+STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")  # what recorded.new_stream_id makes (32 characters)
 
 
 def _unknown_stream() -> InvalidRequest:
@@ -149,3 +153,33 @@ def stop(stream_id: str):
     return jsonify({"state": before, "stopping": before == "streaming"}), 202
 
 
+
+
+@bp.post("/api/chat/streams/<stream_id>/feedback")
+@limit_chat
+def feedback(stream_id: str):
+    """Keep the visitor's rating of a reply (one per reply; the latest counts), while insights are on."""
+    svc = service()
+    if svc.insights is None:
+        raise InvalidRequest(404, "insights_off", "Ratings are not kept here (INSIGHTS_RETENTION_DAYS=0).")
+    rating = parse_rating(request_body_within(svc.settings.client_timeout), request.content_type)
+    if not _rateable(svc, stream_id):
+        raise _unknown_stream()
+    svc.insights.add(rating_of(stream_id, rating))
+    return jsonify({"rating": rating})
+
+
+def _rateable(svc, stream_id: str) -> bool:
+    """Whether a reply with this id was given: its record still lives, or its insights entry was kept."""
+    if not STREAM_ID.fullmatch(stream_id):
+        return False
+    if svc.streams is not None:
+        try:
+            svc.streams.info(stream_id)
+            return True
+        except (UnknownStream, RecordsUnavailable):
+            pass
+    try:
+        return svc.insights.knows(stream_id)
+    except (*REDIS_ERRORS, OSError):
+        return False

@@ -19,4 +19,5 @@ def index():
 def chat_markup_values(settings: Settings) -> dict:
     """What ``_chat.html`` shows: the limits the chat keeps to, and the site owner's words."""
     return {"max_messages": settings.chat_max_messages, "max_chars": settings.chat_max_chars,
-            "title": settings.chat_title, "greeting": settings.chat_greeting, "suggestions": settings.chat_suggestions}
+            "title": settings.chat_title, "greeting": settings.chat_greeting, "suggestions": settings.chat_suggestions,
+            "ratings": bool(settings.insights_retention_days and settings.resume_ttl)}  # a rating names a stream id
