@@ -79,6 +79,7 @@ def create_app(test_config: Mapping[str, str] | None = None, *, providers: Seque
     kept = _insights_store(settings, shared)
     if kept is not None:
         relay.listeners.append(insights.keeper(kept.add))
+        kept.start()  # its flusher also removes what is too old, on a quiet site too
     app.extensions[EXTENSION] = Service(settings=settings, relay=relay, budget=budgets.LiveBudget(settings),
                                         streams=streams, metrics=metrics, tokens=tokens, cache=cache, insights=kept,
                                         upstreams_fingerprint=upstreams_fingerprint(relay.chain))

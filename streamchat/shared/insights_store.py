@@ -102,6 +102,10 @@ class InsightsStore:
         return {"store": self.where, "retention_days": self.retention_days, "max_entries": self.max_entries,
                 **self.outage.health()}
 
+    def start(self) -> None:
+        """Start this process's flusher (``create_app`` runs in each worker: never in a master that forks)."""
+        self._run_here()
+
     def _run_here(self) -> None:
         # One flusher per process, started in the process that keeps entries (a forked worker starts its own).
         if self._pid == os.getpid():
@@ -236,6 +240,8 @@ class FileInsights(InsightsStore):
             with open(self.path, encoding="utf-8", errors="replace") as handle:
                 oldest = _decoded(handle.readline())
         except FileNotFoundError:
+            if not os.path.isdir(os.path.dirname(self.path)):
+                raise  # nowhere to write: still away
             return
         if size <= self.max_entries * self.BYTES_PER_EVENT and (oldest is None or oldest["time"] >= cutoff):
             return

@@ -6,7 +6,7 @@ token signs every session out. It is ``HttpOnly``, ``SameSite=Strict`` (no other
 site can send it, so no other site can act with it), ``Path=/admin``, and
 ``Secure`` when the request came over HTTPS (``TRUSTED_PROXIES`` lets a proxy say so).
 
-Failed sign-ins are counted per client in the rate limits' storage (shared
+Sign-in attempts are counted per client in the rate limits' storage (shared
 through Redis when it is), ``SIGN_IN_LIMIT``; past it every attempt, a right
 token too, waits for the window to pass.
 """
@@ -30,7 +30,7 @@ from .limits import client_id, storage_config
 COOKIE = "streamchat_admin"
 COOKIE_PATH = "/admin"
 SESSION_SECONDS = 12 * 3600
-SIGN_IN_LIMIT = "5/minute;20/hour"  # failed attempts per client
+SIGN_IN_LIMIT = "5/minute;20/hour"  # attempts per client: enough for an owner who mistypes, not for guessing
 
 
 def _key(settings: Settings) -> bytes:
@@ -77,7 +77,12 @@ def same_origin() -> bool:
 
 
 class SignInAttempts:
-    """Failed sign-ins per client, in the rate limits' storage; ``wait()`` says how long a client must wait."""
+    """Sign-in attempts per client, counted in the rate limits' storage (shared through Redis when it is).
+
+    Every attempt counts, a right one too: counting first and reading after is what the fail-soft storage
+    answers right (``failsoft``: a request's reads come from its own count, so a read before any count
+    could be one a kept-alive connection's earlier request made).
+    """
 
     def __init__(self, settings: Settings):
         self.limits = parse_many(SIGN_IN_LIMIT)
@@ -90,15 +95,11 @@ class SignInAttempts:
             self._strategy = FixedWindowRateLimiter(storage_from_string(uri, **options))
         return self._strategy
 
-    def wait(self) -> int:
-        """Seconds until this client may try again; 0: now."""
+    def attempt(self) -> int:
+        """Count one attempt of this client; return the seconds it must wait first (0: it may go on)."""
         who = ("admin-sign-in", client_id())
         for item in self.limits:
-            if not self.strategy().test(item, *who):
+            if not self.strategy().hit(item, *who):
                 reset, _ = self.strategy().get_window_stats(item, *who)
                 return max(1, int(reset - time.time()) + 1)
         return 0
-
-    def failed(self) -> None:
-        for item in self.limits:
-            self.strategy().hit(item, "admin-sign-in", client_id())

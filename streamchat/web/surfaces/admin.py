@@ -36,9 +36,10 @@ from . import admin_charts
 bp = Blueprint("admin", __name__)
 log = logging.getLogger("streamchat")
 
-ADMIN_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+ADMIN_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; "
              "base-uri 'none'")
-ADMIN_HEADERS = {"Cache-Control": "no-store", "Content-Security-Policy": ADMIN_CSP, "Referrer-Policy": "no-referrer",
+# Referrer-Policy: "no-referrer" would make a form post's Origin "null" (and the sign-in refuse it).
+ADMIN_HEADERS = {"Cache-Control": "no-store", "Content-Security-Policy": ADMIN_CSP, "Referrer-Policy": "same-origin",
                  "X-Robots-Tag": "noindex"}
 DEFAULT_DAYS = 7
 MOST_DAYS = 366
@@ -78,17 +79,15 @@ def page():
 
 @bp.post("/admin/sign-in")
 def sign_in():
-    """Check the token; a right one starts a session, a wrong one counts against the client."""
+    """Check the token (each attempt counts against the client); a right one starts a session."""
     svc = service()
     if not same_origin():
         return _sign_in_form(403, "This form must be sent from this site.")
-    attempts = _attempts(svc)
-    wait = attempts.wait()
+    wait = _attempts(svc).attempt()
     if wait:
-        return _sign_in_form(429, f"Too many failed sign-ins: try again in {wait} seconds.", {"Retry-After": str(wait)})
+        return _sign_in_form(429, f"Too many sign-in attempts: try again in {wait} seconds.", {"Retry-After": str(wait)})
     fields = parse_qs(request_body_within(svc.settings.client_timeout).decode("utf-8", "replace"))
     if not token_matches(svc.settings, (fields.get("token") or [""])[0]):
-        attempts.failed()
         log.warning("a sign-in to /admin with a wrong token, from %s", client_id())
         return _sign_in_form(401, "That is not the admin token.")
     response = redirect("/admin", 303)
