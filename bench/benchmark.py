@@ -32,6 +32,7 @@ from bench.common import (HOST, ROOT, FloorProxy, Process, Proxy, Scraper, Servi
 from bench.instances import Instances
 from bench.gateways import Gateways
 from bench.routing import Routing
+from bench.insights import InsightsCost
 from bench.suggestions import Suggestions
 from bench.loadgen import build_request, concurrent_streams, looping_clients
 from streamchat.testing.fake_upstream import OpenAIWire, sse_event, tokens_of
@@ -533,6 +534,8 @@ TARGETS = [
                                                   "cache off"),
     ("cache_miss", "memory_on_vs_off", "<=", 1.05, "1,000 streams, every one a reply-cache miss in memory: CPU ≤ "
                                                    "1.05 × cache off"),
+    ("insights", "redis_on_vs_off", "<=", 1.05, "1,000 streams, insights kept in Redis: CPU ≤ 1.05 × insights off"),
+    ("insights", "file_on_vs_off", "<=", 1.05, "1,000 streams, insights kept in a file: CPU ≤ 1.05 × insights off"),
 ]
 
 ABUSE = ["soak", "slow_heads", "never_read", "random_aborts", "counting"]
@@ -582,7 +585,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--only", help="comma-separated scenarios: one_client,streams_200,streams_1000,bursts,"
-                                       "fallback,aborts,metrics,openai_api,markdown,tls,quiet_spell,routing,hedge,suggestions,cache_miss,ui_stream,gateways, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
+                                       "fallback,aborts,metrics,openai_api,markdown,tls,quiet_spell,routing,hedge,suggestions,cache_miss,insights,ui_stream,gateways, and the soak, abuse and two-instance ones: " + ",".join(ABUSE + INSTANCES))
     parser.add_argument("--abuse", action="store_true",
                         help="run the soak, abuse and two-instance scenarios (about 15 minutes, 20 with --before)")
     parser.add_argument("--gateways", action="store_true",
@@ -614,6 +617,7 @@ def main() -> None:
                  "quiet_spell": bench.quiet_spell, "gateways": Gateways(bench).gateways,
                  "routing": Routing(bench).routing, "hedge": Routing(bench).hedge,
                  "suggestions": Suggestions(bench).suggestions, "cache_miss": Suggestions(bench).cache_miss,
+                 "insights": InsightsCost(bench).insights,
                  **{name: getattr(abuse, name) for name in ABUSE},
                  **{name: getattr(Instances(bench), name) for name in INSTANCES}}
     chosen = (args.only.split(",") if args.only else ABUSE + INSTANCES if args.abuse else ["gateways"] if args.gateways

@@ -109,12 +109,12 @@ def rated(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The entries among ``events``, in time order, each with its latest rating (``""`` for none)."""
     entries, ratings = [], {}
     for event in events:
-        if is_rating(event):
-            ratings[event["id"]] = event["rating"]
-        else:
+        if not is_rating(event):
             entries.append(event)
+        elif event["id"] not in ratings or event["time"] >= ratings[event["id"]]["time"]:
+            ratings[event["id"]] = event  # by its own time: two workers may write two ratings in either order
     entries.sort(key=lambda e: e["time"])
-    return [{**entry, "rating": ratings.get(entry["id"], "")} for entry in entries]
+    return [{**entry, "rating": ratings[entry["id"]]["rating"] if entry["id"] in ratings else ""} for entry in entries]
 
 
 # -- the summary -------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ The cookie holds its expiry and a nonce, signed with a key derived from
 token signs every session out. It is ``HttpOnly``, ``SameSite=Strict`` (no other
 site can send it, so no other site can act with it), ``Path=/admin``, and
 ``Secure`` when the request came over HTTPS (``TRUSTED_PROXIES`` lets a proxy say so).
+No check of ``Origin``: another site's form cannot sign anyone in without the token, and a
+proxy that rewrites ``Host`` would make the owner's own form look foreign.
 
 Sign-in attempts are counted per client in the rate limits' storage (shared
 through Redis when it is), ``SIGN_IN_LIMIT``; past it every attempt, a right
@@ -68,12 +70,6 @@ def start_session(settings: Settings, response: Response) -> None:
 
 def end_session(response: Response) -> None:
     response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="Strict", secure=request.is_secure)
-
-
-def same_origin() -> bool:
-    """Whether a form post came from this site (a browser sends ``Origin`` with every POST)."""
-    origin = request.headers.get("Origin")
-    return origin is None or origin == request.host_url.rstrip("/")
 
 
 class SignInAttempts:

@@ -27,7 +27,7 @@ from ...domain.insights import FIELDS, budget_per_day, period_start, rated, summ
 from ...domain.validation import InvalidRequest
 from ...shared.redis import ERRORS as REDIS_ERRORS
 from ..errors import error_response
-from ..guards.admin_session import SignInAttempts, end_session, same_origin, signed_in, start_session, token_matches
+from ..guards.admin_session import SignInAttempts, end_session, signed_in, start_session, token_matches
 from ..guards.limits import client_id
 from ..guards.request_body import request_body_within
 from ..service import service
@@ -38,8 +38,7 @@ log = logging.getLogger("streamchat")
 
 ADMIN_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; "
              "base-uri 'none'")
-# Referrer-Policy: "no-referrer" would make a form post's Origin "null" (and the sign-in refuse it).
-ADMIN_HEADERS = {"Cache-Control": "no-store", "Content-Security-Policy": ADMIN_CSP, "Referrer-Policy": "same-origin",
+ADMIN_HEADERS = {"Cache-Control": "no-store", "Content-Security-Policy": ADMIN_CSP, "Referrer-Policy": "no-referrer",
                  "X-Robots-Tag": "noindex"}
 DEFAULT_DAYS = 7
 MOST_DAYS = 366
@@ -81,8 +80,6 @@ def page():
 def sign_in():
     """Check the token (each attempt counts against the client); a right one starts a session."""
     svc = service()
-    if not same_origin():
-        return _sign_in_form(403, "This form must be sent from this site.")
     wait = _attempts(svc).attempt()
     if wait:
         return _sign_in_form(429, f"Too many sign-in attempts: try again in {wait} seconds.", {"Retry-After": str(wait)})
