@@ -156,6 +156,21 @@ def test_each_reply_is_kept_masked_with_how_it_went(kept_app):
     assert health["retention_days"] == 30 and health["store"].startswith("file ") and health["healthy"]
 
 
+def test_a_redis_that_is_away_costs_a_warning_and_the_entries_never_a_reply():
+    from app import create_app
+
+    app = create_app({"REDIS_URL": "redis://127.0.0.1:9/0", "REDIS_TIMEOUT": "0.2", "INSIGHTS_RETENTION_DAYS": "30",
+                      "CHAT_RATE_LIMIT": "off", "RESUME_TTL": "0"})
+    client = app.test_client()
+    reply = ask(client, "hello")
+    assert reply.status_code == 200 and reply.headers["X-Terminal-Mode"] == "fallback"
+    app.extensions["streamchat"].insights.flush()  # (the warning is logged once, by whichever flush failed first)
+    health = client.get("/healthz").get_json()
+    assert health["insights"]["healthy"] is False and health["status"] == "degraded"
+    assert health["insights"]["error"].startswith("the insights store unreachable since")
+    assert health["insights"]["store"] == "redis://127.0.0.1:9/0"
+
+
 def test_ratings_are_checked_one_per_reply_and_changeable(kept_app):
     client = kept_app.test_client()
     stream_id = ask(client, "hello").headers["X-Stream-Id"]

@@ -16,6 +16,7 @@ import time
 import pytest
 import requests
 
+from conftest import ARTIFACTS
 from servers import REPO, Gunicorn, chat_body, clean_env, eventually, request
 from streamchat.domain.rules import parse_rules
 from streamchat.testing.fake_upstream import FakeUpstream
@@ -150,6 +151,13 @@ def test_the_owners_page_shows_what_both_instances_answered(pair, pages, tmp_pat
     for question in MARS:
         assert pasted.match([{"role": "user", "content": question}]).name.startswith("unanswered-"), question
     assert page.locator("#unused-rules li", has_text="pricing").count() == 1
+
+    page.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
+    # Usable on a phone: nothing wider than the screen but what scrolls in its own box (tables, rules).
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=str(ARTIFACTS / "admin-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     # The period and the exports.
     page.select_option("#days", "30")
