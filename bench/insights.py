@@ -9,9 +9,8 @@ made as it closes (its question masked) and queued; a flusher writes the queue e
 from __future__ import annotations
 
 import shutil
-import statistics
 
-from bench.common import HOST, ratio
+from bench.common import HOST, on_vs_off
 from streamchat.testing.processes import RedisServer
 
 TURNS = 4
@@ -44,9 +43,5 @@ class InsightsCost:
             redis.stop()
             kept.unlink(missing_ok=True)
             kept.with_name(kept.name + ".lock").unlink(missing_ok=True)
-        for store in ("redis", "file"):
-            ratios = [ratio(figures[f"{store}_on{turn}_cpu_s"], figures[f"{store}_off{turn}_cpu_s"])
-                      for turn in range(1, turns + 1)]
-            figures[f"{store}_on_vs_off_each"] = ratios
-            figures[f"{store}_on_vs_off"] = statistics.median(ratios)
+        on_vs_off(figures, ("redis", "file"), turns)
         return figures

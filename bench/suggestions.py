@@ -17,10 +17,9 @@
 from __future__ import annotations
 
 import shutil
-import statistics
 import time
 
-from bench.common import HOST, Service, get_json, message, ms, percentile, ratio
+from bench.common import HOST, Service, get_json, message, ms, on_vs_off, percentile, ratio
 from bench.loadgen import build_request, visitors
 from streamchat.testing.processes import RedisServer
 
@@ -115,9 +114,5 @@ class Suggestions:
                 "memory_on": (dict(counted, REPLY_CACHE_TTL="3600"), streams)})
         finally:
             redis.stop()
-        for store in ("redis", "memory"):
-            ratios = [ratio(figures[f"{store}_on{turn}_cpu_s"], figures[f"{store}_off{turn}_cpu_s"])
-                      for turn in range(1, turns + 1)]
-            figures[f"{store}_on_vs_off_each"] = ratios
-            figures[f"{store}_on_vs_off"] = statistics.median(ratios)
+        on_vs_off(figures, ("redis", "memory"), turns)
         return figures

@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 
 import pytest
 
