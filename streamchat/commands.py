@@ -110,7 +110,7 @@ def cache(argv: list[str]) -> int:
     client = shared_redis.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
     try:
         count = RedisReplyCache(client, ttl, timeout=settings.redis_timeout, longest_reply=0).clear()
-    except shared_redis.ERRORS as exc:
+    except shared_redis.redis_errors() as exc:
         print(f"streamchat: cannot reach Redis to clear the reply cache: {exc}", file=sys.stderr)
         return 1
     print(f"reply cache cleared: {count} question{'s' if count != 1 else ''} forgotten, in Redis")
@@ -180,9 +180,9 @@ def _insights_store(settings):
 
 
 def _store_errors() -> tuple:
-    from .shared.redis import ERRORS
+    from .shared.redis import redis_errors
 
-    return ERRORS
+    return redis_errors()
 
 
 COMMANDS = {"check-rules": check_rules, "check-upstreams": check_upstreams, "cache": cache, "insights": insights}

@@ -21,14 +21,16 @@ import json
 import os
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import redis
 
 from ..domain.breaker import CircuitBreaker
 from ..errors import ProviderError
 from .outage import Outage
-from .redis import ERRORS
+from .redis import redis_errors
+
+if TYPE_CHECKING:  # the client library is loaded by shared.redis.connect, when REDIS_URL is set
+    import redis
 
 KEY = "streamchat:breaker:"
 CHANNEL = "streamchat:breaker"
@@ -69,7 +71,7 @@ class SharedBreaker(CircuitBreaker):
                     pipe.set(KEY + provider, change["reason"], px=change["ms"])
                 pipe.publish(CHANNEL, json.dumps(change))
                 pipe.execute()
-        except ERRORS as exc:
+        except redis_errors() as exc:
             self.outage.failed(exc)
 
     def _apply(self, change: dict) -> None:
@@ -86,7 +88,7 @@ class SharedBreaker(CircuitBreaker):
         self._listener_pid = os.getpid()
         try:
             self._load()  # before the first request: a worker that starts mid cool-down skips at once
-        except ERRORS as exc:
+        except redis_errors() as exc:
             self.outage.failed(exc)
         # Under gevent's monkey-patching this thread is a greenlet.
         threading.Thread(target=self._listen, name="streamchat-breaker", daemon=True).start()
@@ -95,7 +97,7 @@ class SharedBreaker(CircuitBreaker):
         while True:
             try:
                 self._follow()
-            except ERRORS as exc:
+            except redis_errors() as exc:
                 self.outage.failed(exc)
             time.sleep(self.outage.retry_every)
 

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 from ..redaction import url_without_secrets
 from .outage import Outage
-from .redis import ERRORS
+from .redis import redis_errors
 
 log = logging.getLogger("streamchat")
 
@@ -78,7 +78,7 @@ class InsightsStore:
                 if trim_due:
                     self._trimmed_at = self.clock()
                     self._trim(self.cutoff())
-            except (*ERRORS, ValueError) as exc:
+            except (*redis_errors(), ValueError) as exc:
                 self.outage.failed(exc)
                 return
             self.outage.recovered()
@@ -196,7 +196,7 @@ class RedisInsights(InsightsStore):
     def _knows(self, entry_id: str) -> bool:
         try:
             return self.client.zscore(self.IDS, entry_id) is not None
-        except ERRORS as exc:
+        except redis_errors() as exc:
             self.outage.failed(exc)
             return False
 

@@ -27,14 +27,16 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import redis
 
 from .outage import Outage
-from .redis import ERRORS
+from .redis import redis_errors
 from .streams import (CUT_SHORT, STREAMING, ProducerGone, RecordsUnavailable, StreamInfo, StreamRecords, UnknownStream,
                       check_utf8_offset)
+
+if TYPE_CHECKING:  # the client library is loaded by shared.redis.connect, when REDIS_URL is set
+    import redis
 
 log = logging.getLogger("streamchat")
 
@@ -102,7 +104,7 @@ def _unavailable_while_redis_is_away(method):
     def guarded(*args, **kwargs):
         try:
             return method(*args, **kwargs)
-        except ERRORS as exc:
+        except redis_errors() as exc:
             raise RecordsUnavailable(str(exc)) from exc
 
     return guarded
@@ -161,7 +163,7 @@ class RedisStreams(StreamRecords):
     def has_reader(self, stream_id: str, within: float) -> bool:
         try:
             seen = float(self.client.hget(self.prefix + stream_id + ":meta", "reader") or 0)
-        except ERRORS:
+        except redis_errors():
             return False
         return time.time() - seen < within
 
@@ -189,7 +191,7 @@ class RedisStreams(StreamRecords):
                 self._flush(keys=keys, args=args)
             else:
                 self.client.ping()  # nothing to write: still learn within a second that Redis went away
-        except ERRORS as exc:
+        except redis_errors() as exc:
             self.outage.failed(exc)  # those batches are lost: readers find the heartbeat stopped
         else:
             self.outage.recovered()
@@ -221,7 +223,7 @@ class RedisStreams(StreamRecords):
     def read(self, stream_id: str, offset: int) -> Iterator[bytes]:
         try:
             yield from self._read(stream_id, offset)
-        except ERRORS as exc:
+        except redis_errors() as exc:
             raise RecordsUnavailable(str(exc)) from exc
 
     def _read(self, stream_id: str, offset: int) -> Iterator[bytes]:
@@ -302,7 +304,7 @@ class RedisStreams(StreamRecords):
         if self.outage.should_try():
             try:
                 self.client.ping()
-            except ERRORS:
+            except redis_errors():
                 return
             self.outage.recovered()
 
@@ -320,6 +322,6 @@ class RedisStreams(StreamRecords):
                                 stop()
                 finally:
                     pubsub.close()
-            except ERRORS as exc:
+            except redis_errors() as exc:
                 self.outage.failed(exc)
             time.sleep(1.0)

@@ -41,7 +41,7 @@ from typing import Callable, Iterator
 
 from .memory_streams import MemoryStreams
 from .outage import Outage
-from .redis import ERRORS
+from .redis import redis_errors
 from .redis_streams import DEAD_AFTER, RedisStreams
 from .streams import COMPLETE, STREAMING, StreamRecords, UnknownStream
 
@@ -331,7 +331,7 @@ class RedisReplyCache(ReplyCache):
         keys, args = self.look_call(key, claim_id, fresh=fresh, pending_for=pending_for)
         try:
             found = self._look(keys=keys, args=args)
-        except ERRORS as exc:
+        except redis_errors() as exc:
             self.outage.failed(exc)
             return Found(OFF)
         self.outage.recovered()
@@ -356,7 +356,7 @@ class RedisReplyCache(ReplyCache):
         self.claim_resolved(claim_id)
         try:
             self._release(keys=[KEY_PREFIX + key], args=[claim_id])
-        except ERRORS as exc:
+        except redis_errors() as exc:
             self.outage.failed(exc)  # the claim expires on its own; askers meanwhile wait for it, then claim
 
     def clear(self) -> int:

@@ -28,7 +28,7 @@ from limits.limits import RateLimitItem
 
 from ..domain.usage import Reservation
 from .outage import Outage
-from .redis import ERRORS
+from .redis import redis_errors
 
 PREFIX = "streamchat:tokens:"
 
@@ -92,7 +92,7 @@ class TokenBudgets:
                 fits, used_client, used_global = self._reserve(keys=list(keys), args=[tokens, *limits, *ttls])
                 self.outage.recovered()
                 return self._answer(bool(fits), tokens, keys, (int(used_client), int(used_global)), limits, True)
-            except ERRORS as exc:
+            except redis_errors() as exc:
                 self.outage.failed(exc)
         fits, used = self._reserve_in_memory(keys, tokens, limits, ttls)
         return self._answer(fits, tokens, keys, used, limits, False)
@@ -109,7 +109,7 @@ class TokenBudgets:
             try:
                 self._settle(keys=list(reservation.keys), args=[change])
                 return
-            except ERRORS as exc:
+            except redis_errors() as exc:
                 self.outage.failed(exc)
                 return  # its window keeps the reservation: the budget errs on the side of spending less
         with self._lock:
@@ -172,7 +172,7 @@ class TokenBudgets:
                 values = self.client.mget([key or "-" for key in keys])
                 self.outage.recovered()
                 return tuple(int(value or 0) if key else 0 for key, value in zip(keys, values))  # type: ignore
-            except ERRORS as exc:
+            except redis_errors() as exc:
                 self.outage.failed(exc)
         with self._lock:
             now = time.monotonic()

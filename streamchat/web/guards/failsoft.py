@@ -38,7 +38,6 @@ import contextvars
 import time
 
 from limits.storage import SCHEMES, RedisClusterStorage, Storage, storage_from_string
-from redis.exceptions import NoScriptError
 
 from ...shared.outage import Outage
 from ...shared.reply_cache import LOOK_FUNCTION
@@ -122,6 +121,11 @@ class FailSoftStorage(Storage):
         self._count_together = (client.register_script(COUNT_TOGETHER) if self._incr_with_expiry is not None
                                 and not isinstance(self.shared, RedisClusterStorage) else None)
         self._count_and_look = client.register_script(COUNT_AND_LOOK) if self._count_together else None
+        self.no_script: type[Exception] | tuple = ()  # Redis's "no such script", once its library is loaded
+        if self._incr_with_expiry is not None:
+            from redis.exceptions import NoScriptError
+
+            self.no_script = NoScriptError
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
 
     @property
@@ -161,7 +165,7 @@ class FailSoftStorage(Storage):
         try:
             try:
                 replies = self._pipelined(counts)
-            except NoScriptError:  # first use, or Redis restarted empty: load the script, once
+            except self.no_script:  # first use, or Redis restarted empty: load the script, once
                 self.shared.storage.script_load(INCR_WITH_EXPIRY)
                 replies = self._pipelined(counts)
         except (self.shared.base_exceptions, OSError) as exc:

@@ -25,7 +25,7 @@ from werkzeug.exceptions import NotFound
 
 from ...domain.insights import FIELDS, budget_per_day, period_start, rated, summarize
 from ...domain.validation import InvalidRequest
-from ...shared.redis import ERRORS as REDIS_ERRORS
+from ...shared.redis import redis_errors
 from ..errors import error_response
 from ..guards.admin_session import SignInAttempts, end_session, signed_in, start_session, token_matches
 from ..guards.limits import client_id
@@ -69,7 +69,7 @@ def page():
     if svc.insights is not None:
         try:
             context.update(_summary_context(svc, days))
-        except (*REDIS_ERRORS, OSError) as exc:
+        except redis_errors() as exc:
             log.warning("the owner's page could not read the insights: %s", exc)
             context["error"] = "The insights store cannot be read right now; try again in a moment."
             return render_template("admin/page.html", **context), 503
@@ -112,7 +112,7 @@ def export(kind: str):
     days = _days()
     try:
         entries = rated(svc.insights.events(period_start(days)))
-    except (*REDIS_ERRORS, OSError):
+    except redis_errors():
         return error_response(503, "insights_unavailable", "The insights store cannot be read right now.")
     today = datetime.now(timezone.utc).date().isoformat()
     disposition = {"Content-Disposition": f'attachment; filename="insights-{today}-{days}d.{kind}"'}

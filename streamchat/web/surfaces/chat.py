@@ -17,7 +17,7 @@ from flask import Blueprint, jsonify, request
 
 from ...domain.insights import rating_of
 from ...domain.validation import CHAT_ID, InvalidRequest, parse_chat_body, parse_rating
-from ...shared.redis import ERRORS as REDIS_ERRORS
+from ...shared.redis import redis_errors
 from ...shared.streams import BadOffset, RecordsUnavailable, StreamRecords, UnknownStream
 from ..errors import error_response
 from ..framing import text, ui_stream
@@ -181,5 +181,5 @@ def _rateable(svc, stream_id: str) -> bool:
             pass
     try:
         return svc.insights.knows(stream_id)
-    except (*REDIS_ERRORS, OSError):
+    except redis_errors():
         return False
