@@ -3,6 +3,7 @@ the docs are generated from the code where they can be and every link leads some
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -252,3 +253,13 @@ def test_bench_has_no_import_cycle_and_starts_the_service_with_the_tests_harness
     assert [module for module in graph if reaches(module, module)] == []
     common = (bench / "common.py").read_text()
     assert "from streamchat.testing.processes import" in common and "subprocess.Popen([sys.executable, \"-m\", \"gunicorn\"" not in common
+
+
+def test_a_worker_without_redis_url_does_not_load_the_redis_library():
+    # 4.3 MB of a worker's memory: loaded by shared.redis.connect, only when REDIS_URL is set.
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RATELIMIT_STORAGE_URI")}
+    code = ("import sys, app; a = app.create_app(); c = a.test_client(); "
+            "c.post('/api/chat', json={'messages': [{'role': 'user', 'content': 'hi'}]}).get_data(); "
+            "print('redis loaded:', 'redis' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert "redis loaded: False" in out.stdout, out.stderr
