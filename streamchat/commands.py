@@ -153,17 +153,17 @@ def insights(argv: list[str]) -> int:
         print("insights are off (INSIGHTS_RETENTION_DAYS=0): nothing is stored; set it, e.g. to 30, to keep them")
         return 0
     try:
-        events = store.events(summary_of.period_start(days))
-    except (*_store_errors(), OSError) as exc:
-        print(f"streamchat: cannot read the insights ({store.where}): {exc}", file=sys.stderr)
-        return 1
-    try:
         rules = load_rules(settings.rules_path)
     except RulesError as exc:
         print(f"note: the rules file cannot be read ({exc}); rules are left out", file=sys.stderr)
         rules = None
     budget = summary_of.budget_per_day(settings.llm_token_budget_global)
-    summary = summary_of.summarize(summary_of.rated(events), rules, days, token_budget_per_day=budget)
+    try:
+        summary = summary_of.summarize(store.events(summary_of.period_start(days)), rules, days,
+                                       token_budget_per_day=budget)
+    except (*_store_errors(), OSError) as exc:
+        print(f"streamchat: cannot read the insights ({store.where}): {exc}", file=sys.stderr)
+        return 1
     print(summary_of.as_text(summary, store.where))
     return 0
 

@@ -88,7 +88,7 @@ def test_old_entries_and_too_many_are_removed(tmp_path):
     assert len(lines) == 5 and "very old" not in "".join(lines)
     assert [e["question"] for e in insights.rated(store.events(0))] == [f"question {n}" for n in range(2, 7)]
     now[0] += 30 * DAY  # a month later, nothing new: what is now too old is not shown...
-    assert store.events(0) == []
+    assert list(store.events(0)) == []
     store._trimmed_at = 0  # ...and goes at the next trim, a quiet site's too (once a minute)
     store.flush()
     assert (tmp_path / "i.jsonl").read_text() == ""
@@ -215,6 +215,19 @@ def test_the_summary_counts_replies_per_day_by_mode(kept_app):
     assert (summary.days[-1].ttfb_p50, summary.days[-1].ttfb_p95) == (100.0, 300.0)
     assert summary.days[-2].tokens == 14 and summary.endings == {"complete": 3, "stopped": 1}
     assert "greeting" not in summary.unused_rules and "pricing" in summary.unused_rules
+
+
+def test_a_full_store_is_summarized_in_bounded_steps_that_let_the_worker_breathe():
+    now = time.time()
+    events = [entry(f"topic{n} thing{n % 50}", when=now - 7000 + n, entry_id=f"{n:032d}")
+              for n in range(7000)]
+    events += [insights.rating_of(f"{n:032d}", "down" if n % 2 else "up") for n in range(10)]
+    pauses = []
+    summary = insights.summarize(iter(events), RULES, 2, top=20, pause=lambda: pauses.append(1))
+    assert summary.total == 7000 and summary.ratings == {"up": 5, "down": 5}
+    assert sum(day.up for day in summary.days) == 5 and len(summary.unanswered) == 20
+    assert sum(g.count for g in summary.unanswered) <= insights.MOST_GROUPED  # the newest questions are grouped
+    assert len(pauses) >= 7000 // insights.PAUSE_EVERY
 
 
 def test_unanswered_questions_grouped_by_shared_words_make_rules_that_answer_them():

@@ -43,6 +43,9 @@ CACHED = ("hit", "joined")
 #: The columns of an entry, in the export's order.
 FIELDS = ("id", "time", "api", "mode", "reason", "upstream", "model", "rule", "question", "chars", "input_tokens",
           "output_tokens", "ttfb_ms", "ended", "cache", "rating")
+PAUSE_EVERY = 1_000  # entries a pass handles between two calls of ``pause``
+#: The newest unanswered questions grouped for the owner's page (a group costs a pass over them).
+MOST_GROUPED = 5_000
 #: What masking leaves in a question: not words the visitor chose.
 _MASKS = re.compile(r"\[(?:email|phone|number|redacted)\]")
 #: Words too common to say what a question is about (a few languages; the rules' own matching ignores nothing).
@@ -107,14 +110,30 @@ def is_rating(event: dict[str, Any]) -> bool:
 
 def rated(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The entries among ``events``, in time order, each with its latest rating (``""`` for none)."""
-    entries, ratings = [], {}
+    entries: list[dict[str, Any]] = []
+    ratings: dict[str, dict[str, Any]] = {}
     for event in events:
-        if not is_rating(event):
+        if is_rating(event):
+            _keep_latest(ratings, event)
+        else:
             entries.append(event)
-        elif event["id"] not in ratings or event["time"] >= ratings[event["id"]]["time"]:
-            ratings[event["id"]] = event  # by its own time: two workers may write two ratings in either order
     entries.sort(key=lambda e: e["time"])
     return [{**entry, "rating": ratings[entry["id"]]["rating"] if entry["id"] in ratings else ""} for entry in entries]
+
+
+def latest_ratings(events: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Each rated entry's id and its latest rating, from ``events`` (the entries themselves are not kept)."""
+    ratings: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if is_rating(event):
+            _keep_latest(ratings, event)
+    return {entry_id: event["rating"] for entry_id, event in ratings.items()}
+
+
+def _keep_latest(ratings: dict[str, dict[str, Any]], event: dict[str, Any]) -> None:
+    # By the rating's own time: two workers' flushers may write two ratings of one reply in either order.
+    if event["id"] not in ratings or event["time"] >= ratings[event["id"]]["time"]:
+        ratings[event["id"]] = event
 
 
 # -- the summary -------------------------------------------------------------------------------------------
@@ -187,34 +206,55 @@ def bucket_of(entry: dict[str, Any]) -> str:
     return f"fallback: {entry.get('reason') or 'unknown'}"
 
 
-def summarize(entries: list[dict[str, Any]], rules: Rules | None, days: int, today: date | None = None,
-              token_budget_per_day: int | None = None, top: int = 20) -> Summary:
-    """The summary of ``entries`` (rated, see ``rated``) over the last ``days`` days, with the rules in force."""
+def summarize(events: Iterable[dict[str, Any]], rules: Rules | None, days: int, today: date | None = None,
+              token_budget_per_day: int | None = None, top: int = 20, pause: Callable[[], None] = lambda: None
+              ) -> Summary:
+    """The summary of the last ``days`` days of ``events`` (entries and ratings, read once), with the rules in force.
+
+    Each entry is counted as it is read and only what the questions' lists need is kept of it, each
+    distinct question once: 50,000 entries are tens of MB here, not the 100 MB they are as whole dicts.
+    ``pause`` is called between steps of the longer passes (a worker's other streams take their turn there).
+    """
     today = today or datetime.now(timezone.utc).date()
     first = today - timedelta(days=days - 1)
     by_day = {first + timedelta(days=n): Day(first + timedelta(days=n)) for n in range(days)}
     ttfbs: dict[date, list[float]] = defaultdict(list)
-    kept = [e for e in entries if _day_of(e) in by_day]
+    present: Counter = Counter()
+    endings: Counter = Counter()
+    ratings: dict[str, dict[str, Any]] = {}
+    texts: dict[str, str] = {}  # each distinct question once: visitors ask the same things
+    kept: list[dict[str, Any]] = []
+    for event in events:
+        if is_rating(event):
+            _keep_latest(ratings, event)
+            continue
+        day = by_day.get(_day_of(event))
+        if day is None:
+            continue
+        bucket = bucket_of(event)
+        day.replies[bucket] += 1
+        present[bucket] += 1
+        endings[event.get("ended", "")] += 1
+        day.tokens += int(event.get("input_tokens") or 0) + int(event.get("output_tokens") or 0)
+        if event.get("ttfb_ms") is not None:
+            ttfbs[day.day].append(float(event["ttfb_ms"]))
+        question = event.get("question") or ""
+        kept.append({"id": event["id"], "day": day.day, "question": texts.setdefault(question, question),
+                     "rule": event.get("rule", ""), "mode": event.get("mode", "")})
     for entry in kept:
-        day = by_day[_day_of(entry)]
-        day.replies[bucket_of(entry)] += 1
-        day.tokens += int(entry.get("input_tokens") or 0) + int(entry.get("output_tokens") or 0)
-        if entry.get("rating") == "up":
-            day.up += 1
-        elif entry.get("rating") == "down":
-            day.down += 1
-        if entry.get("ttfb_ms") is not None:
-            ttfbs[day.day].append(float(entry["ttfb_ms"]))
+        entry["rating"] = rating = ratings[entry["id"]]["rating"] if entry["id"] in ratings else ""
+        if rating == "up":
+            by_day[entry["day"]].up += 1
+        elif rating == "down":
+            by_day[entry["day"]].down += 1
     for day, values in ttfbs.items():
         by_day[day].ttfb_p50, by_day[day].ttfb_p95 = percentile(values, 50), percentile(values, 95)
-    present = Counter(bucket_of(e) for e in kept)
     buckets = [b for b in ("live", "cached") if b in present] + sorted(b for b in present if b.startswith("fallback"))
-    groups, unanswerable = group_unanswered(unanswered(kept, rules), rules)
-    used = {e.get("rule") for e in kept}
+    groups, unanswerable = group_unanswered(unanswered(kept, rules, pause), rules, most=top, pause=pause)
+    used = {e["rule"] for e in kept}
     return Summary(days=list(by_day.values()), buckets=buckets, by_bucket=present, total=len(kept),
-                   ratings=Counter(e["rating"] for e in kept if e.get("rating")),
-                   endings=Counter(e.get("ended", "") for e in kept),
-                   top_questions=top_questions(kept, top), unanswered=groups[:top], unanswerable=unanswerable,
+                   ratings=Counter(e["rating"] for e in kept if e["rating"]), endings=endings,
+                   top_questions=top_questions(kept, top, pause), unanswered=groups, unanswerable=unanswerable,
                    unused_rules=[r.name for r in rules.rules if r.name not in used] if rules else [],
                    token_budget_per_day=token_budget_per_day)
 
@@ -259,31 +299,49 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def top_questions(entries: list[dict[str, Any]], top: int) -> list[tuple[str, int]]:
+def top_questions(entries: list[dict[str, Any]], top: int,
+                  pause: Callable[[], None] = lambda: None) -> list[tuple[str, int]]:
     """The most asked questions, the same question told apart from another as the rules would (``normalize``)."""
     counts: Counter = Counter()
     wordings: dict[str, Counter] = defaultdict(Counter)
-    for entry in entries:
+    keys: dict[str, str] = {}
+    for number, entry in enumerate(entries, 1):
+        if number % PAUSE_EVERY == 0:
+            pause()
         question = entry.get("question") or ""
-        key = normalize(question)
+        key = keys.get(question)
+        if key is None:
+            key = keys[question] = normalize(question)
         if key.strip():
             counts[key] += 1
             wordings[key][question.strip()] += 1
     return [(wordings[key].most_common(1)[0][0], count) for key, count in counts.most_common(top)]
 
 
-def unanswered(entries: list[dict[str, Any]], rules: Rules | None) -> list[dict[str, Any]]:
-    """The entries nobody answered: the rules' default reply, or a visitor's rating down.
+def unanswered(entries: list[dict[str, Any]], rules: Rules | None,
+               pause: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
+    """The newest ``MOST_GROUPED`` entries nobody answered (oldest first): the rules' default reply, or a
+    visitor's rating down.
 
     A question the rules in force answer now (a rule added since) is answered: it is left out.
     """
     found = []
-    for entry in entries:
+    answered_now: dict[str, bool] = {}  # by question: each distinct one matched once
+    for number, entry in enumerate(reversed(entries), 1):
+        if len(found) >= MOST_GROUPED:
+            break
+        if number % PAUSE_EVERY == 0:
+            pause()
         defaulted = entry.get("mode") == "fallback" and entry.get("rule") in ("default", "builtin")
-        if defaulted and rules is not None and rules.match(_asked(entry)).name != "default":
-            continue
+        if defaulted and rules is not None:
+            question = entry.get("question") or ""
+            if question not in answered_now:
+                answered_now[question] = rules.match(_asked(entry)).name != "default"
+            if answered_now[question]:
+                continue
         if defaulted or entry.get("rating") == "down":
             found.append(entry)
+    found.reverse()
     return found
 
 
@@ -298,16 +356,18 @@ def words_of(question: str) -> list[str]:
             if w not in STOPWORDS and not w.isdigit() and len(w) > 1]
 
 
-def group_unanswered(entries: list[dict[str, Any]], rules: Rules | None) -> tuple[list[Group], int]:
-    """Group unanswered questions by the words they share; return the groups (largest first) and how many
-    questions had no word to group by.
+def group_unanswered(entries: list[dict[str, Any]], rules: Rules | None, most: int = 20,
+                     pause: Callable[[], None] = lambda: None) -> tuple[list[Group], int]:
+    """Group unanswered questions by the words they share; return at most ``most`` groups (largest first) and
+    how many questions had no word to group by.
 
     Greedy: the word most of the remaining questions hold makes a group of them (ties: the longer word,
     then the first in the alphabet), until no word is shared; each question left is a group of its own.
+    The newest ``MOST_GROUPED`` questions are grouped: each group costs a pass over them.
     """
     pending = []
     unanswerable = 0
-    for entry in entries:
+    for entry in entries[-MOST_GROUPED:]:
         words = set(words_of(entry.get("question") or ""))
         if words:
             pending.append((entry, words))
@@ -315,7 +375,8 @@ def group_unanswered(entries: list[dict[str, Any]], rules: Rules | None) -> tupl
             unanswerable += 1
     groups: list[Group] = []
     names: set[str] = {r.name for r in rules.rules} if rules else set()
-    while pending:
+    while pending and len(groups) < most:
+        pause()
         counts = Counter(word for _, words in pending for word in words)
         word, count = min(counts.items(), key=lambda item: (-item[1], -len(item[0]), item[0]))
         if count < 2:
@@ -323,7 +384,7 @@ def group_unanswered(entries: list[dict[str, Any]], rules: Rules | None) -> tupl
         members = [(entry, words) for entry, words in pending if word in words]
         pending = [(entry, words) for entry, words in pending if word not in words]
         groups.append(_group(word, members, rules, names))
-    for entry, words in pending:
+    for entry, words in pending[:max(0, most - len(groups))]:
         word = min(words, key=lambda w: (-len(w), w))
         groups.append(_group(word, [(entry, words)], rules, names))
     return groups, unanswerable

@@ -37,7 +37,7 @@ log = logging.getLogger("streamchat")
 FLUSH_EVERY = 0.25  # seconds between writes of what the replies queued
 TRIM_EVERY = 60.0  # seconds between removals of what is too old or too many
 MOST_QUEUED = 10_000  # events a process holds while its store is away; the oldest go first
-READ_BATCH = 5_000
+READ_BATCH = 5_000  # events read at a time (Redis), and read before the worker's other greenlets get a turn
 DAY = 86_400
 
 
@@ -89,11 +89,17 @@ class InsightsStore:
             return True
         return self._knows(entry_id)
 
-    def events(self, since: float) -> list[dict[str, Any]]:
-        """Every event (entries and ratings) from the Unix time ``since`` on, within the retention period."""
+    def events(self, since: float) -> Iterator[dict[str, Any]]:
+        """Every event (entries and ratings) from the Unix time ``since`` on, within the retention period, read
+        as they are used: every ``READ_BATCH`` events the worker's other streams get a turn (``time.sleep(0)``
+        is gevent's yield once it is patched), so a long period read for the owner stalls no reply."""
         self.flush()
         since = max(since, self.cutoff())
-        return [event for event in self._read(since) if float(event.get("time", 0)) >= since]
+        for count, event in enumerate(self._read(since), 1):
+            if float(event.get("time", 0)) >= since:
+                yield event
+            if count % READ_BATCH == 0:
+                time.sleep(0)
 
     def cutoff(self) -> float:
         return self.clock() - self.retention_days * DAY
@@ -259,12 +265,16 @@ class FileInsights(InsightsStore):
         finally:
             os.close(lock)
 
-    def _lines(self) -> list[str]:
+    def _lines(self) -> Iterator[str]:
+        """The file's whole lines, read as they are used (a rewrite meanwhile leaves this reading the old file)."""
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as handle:
-                return [line for line in handle if line.endswith("\n")]
+            handle = open(self.path, encoding="utf-8", errors="replace")
         except FileNotFoundError:
-            return []
+            return
+        with handle:
+            for line in handle:
+                if line.endswith("\n"):
+                    yield line
 
     def _read(self, since: float) -> Iterator[dict[str, Any]]:
         for line in self._lines():
@@ -280,7 +290,7 @@ class FileInsights(InsightsStore):
     def delete_all(self) -> int:
         lock = self._locked()
         try:
-            count = len(self._lines())
+            count = sum(1 for _ in self._lines())
             try:
                 os.remove(self.path)
             except FileNotFoundError:

@@ -14,16 +14,19 @@ and nothing else. What visitors typed is shown as text (Jinja escapes it).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
+import time
 from datetime import datetime, timezone
+from typing import Iterator
 from urllib.parse import parse_qs
 
 from flask import Blueprint, Response, redirect, render_template, request
 from werkzeug.exceptions import NotFound
 
-from ...domain.insights import FIELDS, budget_per_day, period_start, rated, summarize
+from ...domain.insights import FIELDS, budget_per_day, is_rating, latest_ratings, period_start, summarize
 from ...domain.validation import InvalidRequest
 from ...shared.redis import redis_errors
 from ..errors import error_response
@@ -110,16 +113,18 @@ def export(kind: str):
     if svc.insights is None:
         return error_response(404, "insights_off", "Insights are off (INSIGHTS_RETENTION_DAYS=0): nothing is kept.")
     days = _days()
+    since = period_start(days)
     try:
-        entries = rated(svc.insights.events(period_start(days)))
+        ratings = latest_ratings(svc.insights.events(since))  # a first pass: the entries stream on the second
     except redis_errors():
         return error_response(503, "insights_unavailable", "The insights store cannot be read right now.")
+    entries = ({**event, "time": _iso(event["time"]), "rating": ratings.get(event["id"], "")}
+               for event in svc.insights.events(since) if not is_rating(event))
     today = datetime.now(timezone.utc).date().isoformat()
     disposition = {"Content-Disposition": f'attachment; filename="insights-{today}-{days}d.{kind}"'}
     if kind == "json":
-        body = json.dumps({"days": days, "entries": [_with_iso_time(e) for e in entries]}, ensure_ascii=False)
-        return Response(body, content_type="application/json", headers=disposition)
-    return Response(_csv(entries), content_type="text/csv; charset=utf-8", headers=disposition)
+        return Response(_json_lines(days, entries), content_type="application/json", headers=disposition)
+    return Response(_csv_lines(entries), content_type="text/csv; charset=utf-8", headers=disposition)
 
 
 def _sign_in_form(status: int, error: str | None = None, headers: dict | None = None):
@@ -140,9 +145,10 @@ def _days() -> int:
 
 
 def _summary_context(svc, days: int) -> dict:
-    entries = rated(svc.insights.events(period_start(days)))
-    summary = summarize(entries, svc.relay.rules.current(), days,
-                        token_budget_per_day=budget_per_day(svc.settings.llm_token_budget_global))
+    # time.sleep(0) is gevent's yield in a worker: the streams of this worker go on while the summary is made.
+    summary = summarize(svc.insights.events(period_start(days)), svc.relay.rules.current(), days,
+                        token_budget_per_day=budget_per_day(svc.settings.llm_token_budget_global),
+                        pause=functools.partial(time.sleep, 0))
     labels = [day.day.strftime("%m-%d") for day in summary.days]
     replies = admin_charts.stacked_bars(labels, summary.buckets,
                                         [[day.replies[b] for b in summary.buckets] for day in summary.days])
@@ -162,18 +168,29 @@ def _budgets(settings) -> list[tuple[str, str]]:
         ("LLM_BUDGET_PER_CLIENT", settings.llm_budget_per_client)) if value]
 
 
-def _with_iso_time(entry: dict) -> dict:
-    return {**entry, "time": datetime.fromtimestamp(entry["time"], timezone.utc).isoformat(timespec="seconds")}
+def _iso(unix_time: float) -> str:
+    return datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="seconds")
 
 
-def _csv(entries: list[dict]) -> str:
+def _json_lines(days: int, entries: Iterator[dict]) -> Iterator[str]:
+    """``{"days": N, "entries": [...]}``, an entry at a time (a period may hold 50,000)."""
+    yield f'{{"days": {days}, "entries": ['
+    for number, entry in enumerate(entries):
+        yield ("," if number else "") + "\n" + json.dumps(entry, ensure_ascii=False)
+    yield "\n]}\n"
+
+
+def _csv_lines(entries: Iterator[dict]) -> Iterator[str]:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(FIELDS)
     for entry in entries:
-        row = _with_iso_time(entry)
-        writer.writerow([_cell(row.get(name)) for name in FIELDS])
-    return out.getvalue()
+        writer.writerow([_cell(entry.get(name)) for name in FIELDS])
+        if out.tell() > 65_536:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    yield out.getvalue()
 
 
 def _cell(value) -> str:
