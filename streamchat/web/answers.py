@@ -156,4 +156,8 @@ class AnswerTap:
             "pieces": self.lengths,
         }, separators=(",", ":"))
         state = {COMPLETE: streams.COMPLETE, STOPPED: streams.STOPPED}.get(record.ended, streams.CUT_SHORT)
+        if state != streams.COMPLETE:
+            # Never an answer: the question is free for the next asker now, not once the record's end is
+            # flushed (up to 50 ms in Redis, time enough for the same visitor's retry to join a broken reply).
+            self.cache.release(self.key, self.answer_id)
         self.cache.answers.finish(self.answer_id, state, record.cut_reason, trailer)
