@@ -171,6 +171,21 @@ def test_a_redis_that_is_away_costs_a_warning_and_the_entries_never_a_reply():
     assert health["insights"]["store"] == "redis://127.0.0.1:9/0"
 
 
+def test_replies_of_the_openai_compatible_api_are_kept_too(tmp_path):
+    from app import create_app
+
+    key = "a-service-key-of-32-characters-x"
+    app = create_app({"INSIGHTS_RETENTION_DAYS": "30", "INSIGHTS_PATH": str(tmp_path / "i.jsonl"),
+                      "SERVICE_API_KEYS": key})
+    answer = app.test_client().post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json={
+        "model": "rules", "messages": [{"role": "user", "content": "What are your opening hours? sk-live-0123456789ab"}]})
+    assert answer.status_code == 200
+    [kept] = kept_entries(app)
+    assert (kept["api"], kept["mode"], kept["reason"], kept["rule"]) == (
+        "/v1/chat/completions", "fallback", "requested", "opening-hours")
+    assert kept["question"] == "What are your opening hours? [redacted]" and len(kept["id"]) == 16
+
+
 def test_ratings_are_checked_one_per_reply_and_changeable(kept_app):
     client = kept_app.test_client()
     stream_id = ask(client, "hello").headers["X-Stream-Id"]
