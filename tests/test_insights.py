@@ -262,6 +262,12 @@ def test_unanswered_questions_grouped_by_shared_words_make_rules_that_answer_the
     assert pasted.match([{"role": "user", "content": "what is the price"}]).name == "pricing"
 
 
+def test_a_suggested_rule_shows_invisible_characters_escaped():
+    rule = insights.suggested_rule(["refund"], "refund \u202egnp.exe\u200b please", 0, set())
+    assert "\\u202e" in rule and "\u202e" not in rule and "\\u200b" in rule
+    assert parse_rules(RULES_TEXT + rule).rules[-1].replies[0].endswith("refund \u202egnp.exe\u200b please")
+
+
 def test_a_question_rated_down_gets_a_rule_that_wins_over_the_one_that_answered():
     entries = insights.rated([entry("how much is shipping to Spain", rule="pricing", entry_id="d" * 32),
                               insights.rating_of("d" * 32, "down")])

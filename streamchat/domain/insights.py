@@ -22,6 +22,7 @@ import math
 import re
 import secrets
 import time
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -43,6 +44,7 @@ CACHED = ("hit", "joined")
 #: The columns of an entry, in the export's order.
 FIELDS = ("id", "time", "api", "mode", "reason", "upstream", "model", "rule", "question", "chars", "input_tokens",
           "output_tokens", "ttfb_ms", "ended", "cache", "rating")
+INVISIBLE = {"Cc", "Cf", "Co", "Cs", "Zl", "Zp"}  # control, format (bidi, zero-width), private, separators
 PAUSE_EVERY = 1_000  # entries a pass handles between two calls of ``pause``
 #: The newest unanswered questions grouped for the owner's page (a group costs a pass over them).
 MOST_GROUPED = 5_000
@@ -424,8 +426,10 @@ def suggested_rule(keywords: list[str], example: str, priority: int, taken: set[
 
 
 def _scalar(text: str) -> str:
-    """``text`` as a double-quoted YAML scalar (JSON's quoting is YAML's; escaped where YAML would refuse a
-    character as it is)."""
+    """``text`` as a double-quoted YAML scalar (JSON's quoting is YAML's), all escaped when it holds a
+    character YAML refuses, or an invisible one (a bidi override would show the owner other text)."""
+    if any(unicodedata.category(ch) in INVISIBLE for ch in text):
+        return json.dumps(text)
     quoted = json.dumps(text, ensure_ascii=False)
     try:
         if yaml.safe_load(quoted) == text:
