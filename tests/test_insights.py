@@ -232,6 +232,12 @@ def test_the_summary_counts_replies_per_day_by_mode(kept_app):
     assert "greeting" not in summary.unused_rules and "pricing" in summary.unused_rules
 
 
+def test_the_most_asked_show_the_first_wording_whatever_order_the_store_holds_them_in():
+    now = time.time()
+    flushed = [entry("what is the capital of FRANCE", when=now - 1), entry("What is the capital of France?", when=now - 2)]
+    assert insights.summarize(iter(flushed), RULES, 2).top_questions == [("What is the capital of France?", 2)]
+
+
 def test_a_full_store_is_summarized_in_bounded_steps_that_let_the_worker_breathe():
     now = time.time()
     events = [entry(f"topic{n} thing{n % 50}", when=now - 7000 + n, entry_id=f"{n:032d}")

@@ -241,8 +241,11 @@ def summarize(events: Iterable[dict[str, Any]], rules: Rules | None, days: int, 
         if event.get("ttfb_ms") is not None:
             ttfbs[day.day].append(float(event["ttfb_ms"]))
         question = event.get("question") or ""
-        kept.append({"id": event["id"], "day": day.day, "question": texts.setdefault(question, question),
-                     "rule": event.get("rule", ""), "mode": event.get("mode", "")})
+        kept.append({"id": event["id"], "time": event["time"], "day": day.day,
+                     "question": texts.setdefault(question, question), "rule": event.get("rule", ""),
+                     "mode": event.get("mode", "")})
+    # In the order they were asked: a store holds them in the order its writers flushed them.
+    kept.sort(key=lambda entry: entry["time"])
     for entry in kept:
         entry["rating"] = rating = ratings[entry["id"]]["rating"] if entry["id"] in ratings else ""
         if rating == "up":
@@ -303,7 +306,8 @@ def percentile(values: list[float], p: float) -> float:
 
 def top_questions(entries: list[dict[str, Any]], top: int,
                   pause: Callable[[], None] = lambda: None) -> list[tuple[str, int]]:
-    """The most asked questions, the same question told apart from another as the rules would (``normalize``)."""
+    """The most asked questions (``entries`` in the order asked), the same question told apart from another as
+    the rules would (``normalize``), each shown in its most usual wording (of equals, the first asked)."""
     counts: Counter = Counter()
     wordings: dict[str, Counter] = defaultdict(Counter)
     keys: dict[str, str] = {}
