@@ -169,7 +169,7 @@ def _budgets(settings) -> list[tuple[str, str]]:
 
 
 def _iso(unix_time: float) -> str:
-    return datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _json_lines(days: int, entries: Iterator[dict]) -> Iterator[str]:
