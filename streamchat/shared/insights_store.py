@@ -215,13 +215,16 @@ class RedisInsights(InsightsStore):
 class FileInsights(InsightsStore):
     """The events as JSON lines in a file every worker of this machine appends to."""
 
-    #: A rewrite is due when the file is past this many bytes an event on average, or its oldest line too old.
-    BYTES_PER_EVENT = 700
+    #: Bytes an event takes in the file, until a rewrite has measured this file's own.
+    BYTES_PER_EVENT = 400
+    #: What a rewrite keeps of ``max_entries``: room for the next tenth before the next rewrite.
+    KEEP_ON_REWRITE = 0.9
 
     def __init__(self, path: str, retention_days: int, max_entries: int, clock=time.time):
         super().__init__(retention_days, max_entries, clock)
         self.path = os.path.abspath(path)
         self.where = f"file {self.path}"
+        self.bytes_per_event = self.BYTES_PER_EVENT
 
     def _locked(self):
         lock = os.open(self.path + ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -249,12 +252,15 @@ class FileInsights(InsightsStore):
             if not os.path.isdir(os.path.dirname(self.path)):
                 raise  # nowhere to write: still away
             return
-        if size <= self.max_entries * self.BYTES_PER_EVENT and (oldest is None or oldest["time"] >= cutoff):
+        # A rewrite holds every worker's appends (an exclusive lock): only when the file is too old or too big.
+        if size <= self.max_entries * self.bytes_per_event and (oldest is None or oldest["time"] >= cutoff):
             return
         lock = self._locked()
         try:
-            kept = [line for line in self._lines() if (event := _decoded(line)) and event["time"] >= cutoff]
-            kept = kept[-self.max_entries:]
+            lines = [line for line in self._lines() if (event := _decoded(line)) and event["time"] >= cutoff]
+            if lines:
+                self.bytes_per_event = max(1, size // len(lines))
+            kept = lines if len(lines) <= self.max_entries else lines[-int(self.max_entries * self.KEEP_ON_REWRITE):]
             temporary = self.path + ".tmp"
             handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
