@@ -23,8 +23,9 @@ instance's), else every worker's memory on this machine (within a second).
 ``insights`` prints the summary the owner's page shows (``/admin``) for the
 last ``N`` days (default 7): replies by mode, ratings, the most asked and the
 unanswered questions, and the rules to paste into the rules file, as YAML.
-``--delete-all`` deletes every entry and rating, wherever they are kept
-(``REDIS_URL``, else ``INSIGHTS_PATH``), even with insights turned off.
+It reads what is stored (``REDIS_URL``, else ``INSIGHTS_PATH``) whatever
+``INSIGHTS_RETENTION_DAYS`` says where it runs, and deletes nothing;
+``--delete-all`` deletes every entry and rating, even with insights turned off.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def cache(argv: list[str]) -> int:
     return 0
 
 
+MOST_DAYS = 366
 INSIGHTS_SETTINGS = ["REDIS_URL", "REDIS_TIMEOUT", "INSIGHTS_RETENTION_DAYS", "INSIGHTS_PATH", "INSIGHTS_MAX_ENTRIES",
                      "RULES_PATH", "LLM_TOKEN_BUDGET_GLOBAL"]
 
@@ -149,9 +151,9 @@ def insights(argv: list[str]) -> int:
             return 1
         print(f"insights deleted: {count} entr{'ies' if count != 1 else 'y'} and ratings, from {store.where}")
         return 0
-    if not settings.insights_retention_days:
-        print("insights are off (INSIGHTS_RETENTION_DAYS=0): nothing is stored; set it, e.g. to 30, to keep them")
-        return 0
+    if not settings.insights_retention_days:  # here: the service may have its own setting; show what is stored
+        print(f"note: INSIGHTS_RETENTION_DAYS is 0 here (the service stores nothing with it); showing what "
+              f"{store.where} holds", file=sys.stderr)
     try:
         rules = load_rules(settings.rules_path)
     except RulesError as exc:
@@ -172,7 +174,8 @@ def _insights_store(settings):
     from .shared import redis as shared_redis
     from .shared.insights_store import FileInsights, RedisInsights
 
-    days, most = settings.insights_retention_days or 1, settings.insights_max_entries
+    # Unset here, the command still reads (and deletes) what a service set otherwise stored; it never trims.
+    days, most = settings.insights_retention_days or MOST_DAYS, settings.insights_max_entries
     if settings.redis_url:
         client = shared_redis.connect(settings.redis_url, max(settings.redis_timeout, 5.0))
         return RedisInsights(client, settings.redis_url, days, most)

@@ -386,5 +386,10 @@ def test_the_terminal_summary_and_delete_all(tmp_path, monkeypatch, capsys):
     assert "3 replies: 3 fallback: no_provider" in out and "too old" not in out
     assert '  - name: "unanswered-mars"' in out and "\x1b" not in out and "\\x1b[2J" in out
     assert commands.main(["insights", "--days", "x"]) == 2
+    monkeypatch.setenv("INSIGHTS_RETENTION_DAYS", "5")  # a reader's setting never deletes what the service keeps
+    assert commands.main(["insights"]) == 0 and "too old" in path.read_text()
+    monkeypatch.delenv("INSIGHTS_RETENTION_DAYS")  # unset where the command runs: it shows what is stored
+    assert commands.main(["insights", "--days", "7"]) == 0
+    assert "3 replies" in capsys.readouterr().out
     assert commands.main(["insights", "--delete-all"]) == 0
     assert "4 entries" in capsys.readouterr().out and not path.exists()

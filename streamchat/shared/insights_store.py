@@ -63,13 +63,14 @@ class InsightsStore:
         self.queued.append(event)
         self._run_here()
 
-    def flush(self) -> None:
-        """Write every queued event now (the flusher, a drain's last act, a rating that must find its entry)."""
+    def flush(self, trim: bool = True) -> None:
+        """Write every queued event now (the flusher, a drain's last act, a read that must see them), and remove
+        what is too old or too many when that is due (not for a read: ``./run insights`` deletes nothing)."""
         with self._lock:
             events = []
             while self.queued:
                 events.append(self.queued.popleft())
-            trim_due = self.clock() - self._trimmed_at >= TRIM_EVERY  # also on a quiet site: old entries go
+            trim_due = trim and self.clock() - self._trimmed_at >= TRIM_EVERY  # on a quiet site too
             if not (events or trim_due) or not self.outage.should_try():
                 return
             try:
@@ -93,7 +94,7 @@ class InsightsStore:
         """Every event (entries and ratings) from the Unix time ``since`` on, within the retention period, read
         as they are used: every ``READ_BATCH`` events the worker's other streams get a turn (``time.sleep(0)``
         is gevent's yield once it is patched), so a long period read for the owner stalls no reply."""
-        self.flush()
+        self.flush(trim=False)
         since = max(since, self.cutoff())
         for count, event in enumerate(self._read(since), 1):
             if float(event.get("time", 0)) >= since:
