@@ -274,7 +274,7 @@ def budget_per_day(budget: str) -> int | None:
 def as_text(summary: Summary, where: str) -> str:
     """The summary as ``./run insights`` prints it: counts, top and unanswered questions, rules as YAML."""
     lines = [f"Insights {summary.first} to {summary.last} (UTC), kept in {where}", "",
-             f"{summary.total} replies: " + (", ".join(f"{summary.by_bucket[b]} {b}" for b in summary.buckets)
+             f"{summary.total} repl{'y' if summary.total == 1 else 'ies'}: " + (", ".join(f"{summary.by_bucket[b]} {b}" for b in summary.buckets)
                                             or "none"),
              f"ratings: {summary.ratings['up']} up, {summary.ratings['down']} down",
              "endings: " + (", ".join(f"{n} {e.replace('_', ' ')}" for e, n in summary.endings.most_common()) or "none")]
