@@ -111,16 +111,12 @@ def is_rating(event: dict[str, Any]) -> bool:
 
 
 def rated(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The entries among ``events``, in time order, each with its latest rating (``""`` for none)."""
-    entries: list[dict[str, Any]] = []
-    ratings: dict[str, dict[str, Any]] = {}
-    for event in events:
-        if is_rating(event):
-            _keep_latest(ratings, event)
-        else:
-            entries.append(event)
-    entries.sort(key=lambda e: e["time"])
-    return [{**entry, "rating": ratings[entry["id"]]["rating"] if entry["id"] in ratings else ""} for entry in entries]
+    """The entries among ``events``, in time order, each with its latest rating (``""`` for none): every entry
+    whole, for a few of them (the owner's page reads a period through ``summarize``)."""
+    events = list(events)
+    ratings = latest_ratings(events)
+    entries = [{**event, "rating": ratings.get(event["id"], "")} for event in events if not is_rating(event)]
+    return sorted(entries, key=lambda entry: entry["time"])
 
 
 def latest_ratings(events: Iterable[dict[str, Any]]) -> dict[str, str]:
