@@ -202,6 +202,16 @@ def test_ratings_are_checked_one_per_reply_and_changeable(kept_app):
     assert kept["rating"] == "up"
 
 
+def test_ratings_are_rate_limited(tmp_path):
+    from app import create_app
+
+    app = create_app({"INSIGHTS_RETENTION_DAYS": "30", "INSIGHTS_PATH": str(tmp_path / "i.jsonl"),
+                      "CHAT_RATE_LIMIT": "2/minute", "RESUME_GRACE": "0"})
+    client = app.test_client()
+    path = f"/api/chat/streams/{ask(client, 'hello').headers['X-Stream-Id']}/feedback"
+    assert [client.post(path, json={"rating": r}).status_code for r in ("up", "down", "up")] == [200, 200, 429]
+
+
 def test_a_reply_can_be_rated_after_its_record_expired(tmp_path):
     from app import create_app
 
